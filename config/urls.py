@@ -1,0 +1,28 @@
+"""URL wiring: pages at the root, the REST API under /api/."""
+
+from __future__ import annotations
+
+from importlib.util import find_spec
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from slides import urls as slide_urls
+from slides import views as slide_views
+
+api_urls = []
+# Each domain app contributes its own API routes (annotations, inference, review) when present.
+for app in ("annotations", "inference", "review"):
+    if find_spec(f"{app}.urls") is not None:
+        api_urls.append(path("", include(f"{app}.urls")))
+api_urls += slide_urls.api_urls
+
+urlpatterns = [
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("health/", slide_views.health, name="health"),
+    path("admin/", admin.site.urls),
+    path("api/", include(api_urls)),
+    path("", include(slide_urls.page_urls)),
+]

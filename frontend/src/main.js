@@ -1,0 +1,19 @@
+/**
+ * Small helpers for ordinary NodeScope pages (optional: include `dist/main.js` as a module).
+ *
+ * - `data-confirm="Question?"` on a form, button or link asks before submitting / following.
+ */
+
+export function installConfirm(root = document) {
+  root.addEventListener("submit", (event) => {
+    const form = event.target;
+    const question = event.submitter?.dataset.confirm || form.dataset?.confirm;
+    if (question && !window.confirm(question)) event.preventDefault();
+  });
+  root.addEventListener("click", (event) => {
+    const link = event.target.closest?.("a[data-confirm]");
+    if (link && !window.confirm(link.dataset.confirm)) event.preventDefault();
+  });
+}
+
+if (typeof document !== "undefined") installConfirm();

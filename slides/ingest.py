@@ -1,0 +1,288 @@
+"""Registering slide files: read and check them with large-image, then create the Slide row.
+
+A file is registered only when it opens with an accepted whole-slide source, its pyramid is
+readable at both ends (lowest and highest resolution), and its checksum is new. Anything else
+raises `SlideImportError` naming the file and the reason, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from .models import Case, Lab, Node, Slide
+from .sources import SLIDE_SUFFIXES, open_source, resolve_slide_file, vendor_of
+
+Progress = Callable[[int, int], None]
+
+
+class SlideImportError(Exception):
+    """A slide file that cannot be registered; the message names the file and the reason."""
+
+    def __init__(self, path: Path | str, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass(frozen=True)
+class SlideFileInfo:
+    """What large-image reads from a slide file."""
+
+    source: str
+    vendor: str
+    width: int
+    height: int
+    levels: int
+    tile_width: int
+    tile_height: int
+    mpp_x: float | None
+    mpp_y: float | None
+    magnification: float | None
+    associated_images: list[str]
+
+
+def file_checksum(path: Path, *, chunk: int = 8 * 1024 * 1024) -> tuple[str, int]:
+    """SHA-256 and size in bytes of a file, or of a DICOM folder's .dcm files in name order."""
+    digest = hashlib.sha256()
+    size = 0
+    files = sorted(path.glob("*.dcm")) if path.is_dir() else [path]
+    for file in files:
+        with open(file, "rb") as fh:
+            while block := fh.read(chunk):
+                digest.update(block)
+                size += len(block)
+    return digest.hexdigest(), size
+
+
+def inspect_slide_file(path: Path) -> SlideFileInfo:
+    """Open a slide with large-image and read its metadata, checking that pixels decode."""
+    path = Path(path)
+    if not path.exists():
+        raise SlideImportError(path, "file not found")
+    if path.is_file() and path.suffix.lower() not in SLIDE_SUFFIXES:
+        raise SlideImportError(
+            path, f"unsupported file type {path.suffix or '(none)'!r}; expected one of {sorted(SLIDE_SUFFIXES)}"
+        )
+    if path.is_file() and path.stat().st_size == 0:
+        raise SlideImportError(path, "file is empty")
+    try:
+        resolve_slide_file(path)
+    except FileNotFoundError as exc:
+        raise SlideImportError(path, str(exc)) from exc
+    try:
+        source = open_source(path)
+    except Exception as exc:  # noqa: BLE001 - large-image and its libraries raise many types
+        raise SlideImportError(path, f"not a readable whole-slide image ({_short(exc)})") from exc
+    meta = source.getMetadata()
+    try:
+        _check_pixels(source, meta)
+    except Exception as exc:  # noqa: BLE001
+        raise SlideImportError(path, f"slide is truncated or corrupt: pixels cannot be decoded ({_short(exc)})") from exc
+    mm_x, mm_y = meta.get("mm_x"), meta.get("mm_y")
+    try:
+        associated = list(source.getAssociatedImagesList())
+    except Exception:  # noqa: BLE001
+        associated = []
+    return SlideFileInfo(
+        source=source.name,
+        vendor=vendor_of(source),
+        width=int(meta["sizeX"]),
+        height=int(meta["sizeY"]),
+        levels=int(meta["levels"]),
+        tile_width=int(meta["tileWidth"]),
+        tile_height=int(meta["tileHeight"]),
+        mpp_x=mm_x * 1000 if mm_x else None,
+        mpp_y=mm_y * 1000 if mm_y else None,
+        magnification=float(meta["magnification"]) if meta.get("magnification") else None,
+        associated_images=associated,
+    )
+
+
+def _check_pixels(source, meta: dict) -> None:
+    """Decode the lowest-resolution tile and the last tiles of the full-resolution level.
+
+    Truncated files lose their tail first, and the last full-resolution tiles are stored there.
+    """
+    top = meta["levels"] - 1
+    source.getTile(0, 0, 0, numpyAllowed="always")
+    nx = -(-meta["sizeX"] // meta["tileWidth"])
+    ny = -(-meta["sizeY"] // meta["tileHeight"])
+    for x, y in {(nx - 1, ny - 1), (0, ny - 1), (nx // 2, ny // 2), (0, 0)}:
+        source.getTile(x, y, top, numpyAllowed="always")
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]
+
+
+def register_slide(
+    *, node: Node, path: Path, name: str | None = None, user=None, synthetic: bool = False
+) -> Slide:
+    """Inspect `path` and register it as a slide of `node`. Refuses duplicates by checksum."""
+    path = Path(path).resolve()
+    _check_import_root(path)
+    info = inspect_slide_file(path)
+    checksum, size = file_checksum(path)
+    existing = Slide.objects.filter(checksum=checksum).select_related("node__case").first()
+    if existing:
+        raise SlideImportError(
+            path, f"already imported as slide {existing.pk} ({existing.name}) of {existing.node}"
+        )
+    try:
+        with transaction.atomic():
+            return Slide.objects.create(
+                node=node,
+                name=name or path.name,
+                file_path=str(path),
+                checksum=checksum,
+                file_size=size,
+                imported_by=user if user is not None and user.is_authenticated else None,
+                synthetic=synthetic,
+                source=info.source,
+                vendor=info.vendor,
+                width=info.width,
+                height=info.height,
+                levels=info.levels,
+                tile_width=info.tile_width,
+                tile_height=info.tile_height,
+                mpp_x=info.mpp_x,
+                mpp_y=info.mpp_y,
+                magnification=info.magnification,
+                associated_images=info.associated_images,
+            )
+    except IntegrityError as exc:  # a concurrent import of the same file won the race
+        raise SlideImportError(path, "already imported (same checksum)") from exc
+
+
+def _check_import_root(path: Path) -> None:
+    roots = [Path(settings.SLIDE_STORAGE_DIR).resolve(), *(Path(r).resolve() for r in settings.SLIDE_IMPORT_ROOTS)]
+    if settings.SLIDE_IMPORT_ROOTS and not any(path.is_relative_to(r) for r in roots):
+        raise SlideImportError(path, "outside the folders slides may be imported from")
+
+
+# ---- manifests ---------------------------------------------------------------------------------
+
+MANIFEST_COLUMNS = ("case", "node", "file")
+GROUND_TRUTH_WORDS = {
+    "": Node.GroundTruth.UNKNOWN,
+    "unknown": Node.GroundTruth.UNKNOWN,
+    "negative": Node.GroundTruth.NEGATIVE,
+    "neg": Node.GroundTruth.NEGATIVE,
+    "0": Node.GroundTruth.NEGATIVE,
+    "positive": Node.GroundTruth.POSITIVE,
+    "pos": Node.GroundTruth.POSITIVE,
+    "1": Node.GroundTruth.POSITIVE,
+}
+
+
+@dataclass
+class ImportReport:
+    """Outcome of a batch: what was registered and, per failed row, the file and the reason."""
+
+    imported: list[Slide] = field(default_factory=list)
+    failed: list[tuple[int, str, str]] = field(default_factory=list)  # (row, file, reason)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def read_manifest(manifest: Path) -> list[dict[str, str]]:
+    """Rows of a CSV manifest with columns case, node, file and optional status/patient."""
+    with open(manifest, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = [h.strip().lower() for h in reader.fieldnames or []]
+        missing = [c for c in MANIFEST_COLUMNS if c not in header]
+        if missing:
+            raise SlideImportError(manifest, f"manifest lacks column(s) {', '.join(missing)}")
+        return [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+
+
+def import_manifest(
+    *,
+    manifest: Path,
+    lab: Lab | None = None,
+    create_missing: bool = False,
+    user=None,
+    synthetic: bool = False,
+    progress: Progress | None = None,
+) -> ImportReport:
+    """Import every row of a manifest; a bad row is reported and the rest still import.
+
+    Relative file paths resolve against the manifest's folder and may not leave it. Unknown cases
+    and nodes are errors unless `create_missing` (then they are created in `lab`).
+    """
+    manifest = Path(manifest).resolve()
+    base = manifest.parent
+    rows = read_manifest(manifest)
+    report = ImportReport()
+    for i, row in enumerate(rows, start=2):  # row 1 is the header
+        file_field = row.get("file", "")
+        try:
+            report.imported.append(
+                _import_row(row, base=base, lab=lab, create_missing=create_missing, user=user, synthetic=synthetic)
+            )
+        except SlideImportError as exc:
+            report.failed.append((i, file_field, exc.reason))
+        if progress:
+            progress(i - 1, len(rows))
+    return report
+
+
+def _import_row(row: dict[str, str], *, base: Path, lab: Lab | None, create_missing: bool, user, synthetic: bool) -> Slide:
+    file_field = row.get("file", "")
+    if not file_field or not row.get("case") or not row.get("node"):
+        raise SlideImportError(file_field or "(no file)", "row needs case, node and file")
+    raw = Path(file_field)
+    path = (raw if raw.is_absolute() else base / raw).resolve()
+    if not raw.is_absolute() and not path.is_relative_to(base):
+        raise SlideImportError(file_field, "relative path leaves the manifest's folder")
+    status_word = row.get("status", "").lower()
+    if status_word not in GROUND_TRUTH_WORDS:
+        raise SlideImportError(file_field, f"unknown status {row.get('status')!r} (use positive, negative or unknown)")
+    truth = GROUND_TRUTH_WORDS[status_word]
+    with transaction.atomic():
+        node = _find_node(row, lab=lab, create_missing=create_missing, file_field=file_field)
+        if truth != Node.GroundTruth.UNKNOWN and node.ground_truth != truth:
+            node.ground_truth = truth
+            node.save(update_fields=["ground_truth"])
+        return register_slide(node=node, path=path, user=user, synthetic=synthetic)
+
+
+def _find_node(row: dict[str, str], *, lab: Lab | None, create_missing: bool, file_field: str) -> Node:
+    accession, label = row["case"], row["node"]
+    case = Case.objects.filter(accession_number=accession).first()
+    if case is None:
+        if not create_missing or lab is None:
+            raise SlideImportError(file_field, f"unknown case {accession!r}")
+        case = Case.objects.create(lab=lab, accession_number=accession, patient_pseudonym=row.get("patient", ""))
+    elif lab is not None and case.lab_id != lab.pk:
+        raise SlideImportError(file_field, f"case {accession!r} belongs to another lab")
+    node = Node.objects.filter(case=case, label=label).first()
+    if node is None:
+        if not create_missing:
+            raise SlideImportError(file_field, f"unknown node {label!r} in case {accession!r}")
+        node = Node.objects.create(case=case, label=label)
+    return node
+
+
+def import_files(*, node: Node, paths: Iterable[Path], user=None, progress: Progress | None = None) -> ImportReport:
+    """Register several files as slides of one node, reporting failures per file."""
+    paths = list(paths)
+    report = ImportReport()
+    for i, path in enumerate(paths, start=1):
+        try:
+            report.imported.append(register_slide(node=node, path=path, user=user))
+        except SlideImportError as exc:
+            report.failed.append((i, str(path), exc.reason))
+        if progress:
+            progress(i, len(paths))
+    return report

@@ -1,0 +1,110 @@
+"""Labs (sites), cases, lymph nodes and their slides."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class Role(models.TextChoices):
+    """A user's role, held as membership of the Django group of the same name."""
+
+    PATHOLOGIST = "pathologist", "Pathologist"
+    LAB_LEAD = "lab lead", "Lab lead"
+    ADMIN = "admin", "Admin"
+
+
+class Lab(models.Model):
+    """A laboratory (site). Users see only the cases of labs they belong to."""
+
+    code = models.SlugField(max_length=40, unique=True)
+    name = models.CharField(max_length=200)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="labs", blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Case(models.Model):
+    """A patient's case: one accession, several lymph nodes."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        SIGNED_OFF = "signed off", "Signed off"
+
+    lab = models.ForeignKey(Lab, on_delete=models.PROTECT, related_name="cases")
+    accession_number = models.CharField(max_length=64, unique=True)
+    patient_pseudonym = models.CharField(max_length=128, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.OPEN)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return self.accession_number
+
+
+class Node(models.Model):
+    """A lymph node of a case, e.g. "level II, node 3"."""
+
+    class GroundTruth(models.TextChoices):
+        UNKNOWN = "unknown", "Unknown"
+        NEGATIVE = "negative", "Negative"
+        POSITIVE = "positive", "Positive"
+
+    case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="nodes")
+    label = models.CharField(max_length=120)
+    ground_truth = models.CharField(
+        max_length=10, choices=GroundTruth.choices, default=GroundTruth.UNKNOWN
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["case_id", "label"]
+        constraints = [models.UniqueConstraint(fields=["case", "label"], name="node_label_unique_in_case")]
+
+    def __str__(self) -> str:
+        return f"{self.case.accession_number} / {self.label}"
+
+
+class Slide(models.Model):
+    """A digitised slide of a node, registered with the metadata large-image reads from it."""
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="slides")
+    name = models.CharField(max_length=255)
+    file_path = models.CharField(max_length=1024, help_text="File, or folder for a DICOM series")
+    source = models.CharField(max_length=32, help_text="large-image source that opens it")
+    vendor = models.CharField(max_length=64, blank=True)
+    checksum = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the file(s)")
+    file_size = models.BigIntegerField()
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    levels = models.PositiveSmallIntegerField()
+    tile_width = models.PositiveIntegerField()
+    tile_height = models.PositiveIntegerField()
+    mpp_x = models.FloatField(null=True, blank=True, help_text="µm per pixel at level 0")
+    mpp_y = models.FloatField(null=True, blank=True)
+    magnification = models.FloatField(null=True, blank=True)
+    associated_images = models.JSONField(default=list, blank=True)
+    synthetic = models.BooleanField(default=False, help_text="Generated slide, never real tissue")
+    imported_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    imported_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["node_id", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def mpp(self) -> float | None:
+        """Mean µm per pixel at level 0, if known."""
+        if self.mpp_x and self.mpp_y:
+            return (self.mpp_x + self.mpp_y) / 2
+        return self.mpp_x or self.mpp_y

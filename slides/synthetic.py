@@ -1,0 +1,779 @@
+"""Synthetic lymph-node H&E slides with exact ground truth (for tests, the demo and benchmarks).
+
+These images are generated, never real tissue. `generate_slide` lays out the geometry of a node
+analytically (shapely polygons in level-0 pixels): an irregular bean-shaped outline with a thin
+capsule, sinuses (a broken subcapsular band and elongated medullary channels), lymphoid follicles
+(pale germinal centres of large vesicular cells inside a dark mantle: the hard negatives) and,
+optionally, metastatic tumour nests (irregular blobs of large pleomorphic nuclei in eosinophilic
+cytoplasm). It then renders the slide tile by tile with vectorised numpy and streams it into a
+pyramidal, tiled JPEG TIFF, so a 40,000 px square slide needs bounded memory.
+
+Beside `<stem>.tiff` it writes `<stem>.masks.npz` (boolean rasters of the same polygons at
+1/`mask_downsample`) and `<stem>.regions.geojson` (the polygons themselves). The classes are
+exclusive except "tissue", which covers the whole section: tumour wins over follicle, which wins
+over sinus.
+
+Rendering model: every pixel gets a haematoxylin and an eosin concentration, turned into RGB by
+Beer-Lambert absorption (`255 * exp(-OD)`). Nuclei are ellipses placed on jittered grids of cells
+whose parameters come from a hash of the cell's global index, so each nucleus is drawn the same way
+whichever tile it falls in, and no tile needs its neighbours.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import shapely
+import tifffile
+from shapely.geometry import LineString, MultiPolygon, Polygon, box, mapping
+from shapely.ops import unary_union
+
+Progress = Callable[[int, int], None]
+
+MASK_CLASSES = ("tumour", "follicle", "sinus", "tissue")
+GEOJSON_CLASS = {
+    "tumour": "tumour",
+    "follicle": "lymphoid follicle",
+    "sinus": "sinus",
+    "tissue": "tissue",
+}
+
+# Render labels (what a pixel is drawn as); finer than the ground-truth classes.
+BG, CORTEX, SINUS, MANTLE, GERMINAL, TUMOUR, CAPSULE = range(7)
+_N_LABELS = 7
+
+# Stain optical densities (R, G, B) per unit concentration: a common H&E reference pair.
+_HAEMATOXYLIN = np.array([0.5626, 0.7201, 0.4062], np.float32)
+_EOSIN = np.array([0.2159, 0.8012, 0.5581], np.float32)
+_GLASS_OD = 0.06  # about (240, 240, 240) where there is no tissue
+
+#                      BG    CORTEX SINUS MANTLE GERM  TUMOUR CAPSULE
+_EOSIN_BASE = np.array([0.0, 0.30, 0.13, 0.26, 0.36, 0.62, 0.85], np.float32)
+_EOSIN_VAR = np.array([0.0, 0.25, 0.75, 0.25, 0.30, 0.35, 0.30], np.float32)
+_HAEM_BASE = np.array([0.0, 0.10, 0.05, 0.10, 0.09, 0.12, 0.04], np.float32)
+
+# Nucleus layers: jittered grids of cells, at most one nucleus per cell. Sizes in micrometres.
+# Per label: presence probability, mean radius, radius spread, elongation, haematoxylin,
+# share of vesicular nuclei (pale centre, dark rim, nucleolus), outline irregularity.
+_LAYERS = (
+    {
+        "cell_um": 7.6,
+        "present": (0, 0.93, 0.10, 0.97, 0.30, 0.04, 0.10),
+        "radius": (3, 3.0, 3.0, 3.0, 3.1, 3.0, 2.8),
+        "spread": (0, 0.12, 0.12, 0.10, 0.15, 0.10, 0.10),
+        "elong": (0, 0.25, 0.30, 0.25, 0.30, 0.25, 3.0),
+        "haem": (0, 1.55, 1.30, 1.65, 1.35, 1.50, 1.20),
+        "vesicular": (0, 0.0, 0.0, 0.0, 0.05, 0.0, 0.0),
+        "irregular": (0, 0.10, 0.10, 0.10, 0.10, 0.10, 0.10),
+    },
+    {
+        "cell_um": 8.9,
+        "present": (0, 0.50, 0.05, 0.60, 0.12, 0.02, 0.04),
+        "radius": (3, 3.0, 3.0, 3.0, 3.1, 3.0, 2.8),
+        "spread": (0, 0.12, 0.12, 0.10, 0.15, 0.10, 0.10),
+        "elong": (0, 0.25, 0.30, 0.25, 0.30, 0.25, 3.0),
+        "haem": (0, 1.50, 1.30, 1.60, 1.35, 1.50, 1.20),
+        "vesicular": (0, 0.0, 0.0, 0.0, 0.05, 0.0, 0.0),
+        "irregular": (0, 0.10, 0.10, 0.10, 0.10, 0.10, 0.10),
+    },
+    {
+        "cell_um": 17.0,
+        "present": (0, 0.05, 0.22, 0.01, 0.78, 0.96, 0.0),
+        "radius": (5, 4.4, 4.6, 4.4, 5.0, 6.0, 4.0),
+        "spread": (0, 0.15, 0.20, 0.15, 0.22, 0.38, 0.1),
+        "elong": (0, 0.30, 0.50, 0.30, 0.35, 0.70, 0.3),
+        "haem": (0, 0.85, 0.55, 0.85, 0.85, 1.20, 0.8),
+        "vesicular": (0, 0.8, 0.6, 0.8, 0.75, 0.50, 0.5),
+        "irregular": (0, 0.10, 0.15, 0.10, 0.15, 0.40, 0.1),
+    },
+)
+
+
+@dataclass(frozen=True)
+class SyntheticSlide:
+    """A generated slide and where its ground truth lies."""
+
+    path: Path
+    masks_path: Path
+    regions_path: Path
+    width: int
+    height: int
+    mpp: float
+    has_tumour: bool
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    tissue: MultiPolygon
+    capsule_inner: MultiPolygon
+    sinus: MultiPolygon
+    follicle: MultiPolygon
+    germinal: MultiPolygon
+    tumour: MultiPolygon
+
+
+def _polygons(geom) -> list[Polygon]:
+    """The polygonal parts of any shapely geometry (lines and points dropped)."""
+    if geom is None or geom.is_empty:
+        return []
+    if isinstance(geom, Polygon):
+        return [geom]
+    out: list[Polygon] = []
+    for part in getattr(geom, "geoms", []):
+        out.extend(_polygons(part))
+    return [p for p in out if p.area > 0]
+
+
+def _multi(geom) -> MultiPolygon:
+    return MultiPolygon(_polygons(geom))
+
+
+def _blob(
+    rng: np.random.Generator,
+    cx: float,
+    cy: float,
+    rx: float,
+    ry: float,
+    *,
+    angle: float,
+    amp: float,
+    kmax: int,
+    n: int = 96,
+) -> Polygon:
+    """An irregular ellipse: radius modulated by random low-order harmonics."""
+    t = np.linspace(0.0, 2 * math.pi, n, endpoint=False)
+    r = np.ones_like(t)
+    for k in range(2, kmax + 1):
+        r += amp * rng.uniform(0.3, 1.0) / k**0.7 * np.cos(k * t + rng.uniform(0, 2 * math.pi))
+    x, y = rx * r * np.cos(t), ry * r * np.sin(t)
+    ca, sa = math.cos(angle), math.sin(angle)
+    poly = Polygon(np.column_stack([cx + ca * x - sa * y, cy + sa * x + ca * y]))
+    return poly if poly.is_valid else poly.buffer(0)
+
+
+def _random_point_in(rng: np.random.Generator, area, tries: int = 256) -> tuple[float, float] | None:
+    """A uniformly random point inside `area`, or None if `tries` samples all miss."""
+    if area.is_empty:
+        return None
+    x0, y0, x1, y1 = area.bounds
+    xs, ys = rng.uniform(x0, x1, tries), rng.uniform(y0, y1, tries)
+    inside = np.flatnonzero(shapely.contains_xy(area, xs, ys))
+    return (float(xs[inside[0]]), float(ys[inside[0]])) if len(inside) else None
+
+
+def _build_geometry(
+    rng: np.random.Generator,
+    *,
+    width: int,
+    height: int,
+    mpp: float,
+    tumour: bool,
+    n_follicles: int | None,
+    n_tumour_nests: int | None,
+) -> _Geometry:
+    """Lay out the node: outline, capsule, sinuses, follicles, tumour nests (level-0 px)."""
+    s = min(width, height)
+
+    def px(um: float, lo: float, frac: float) -> float:
+        """A physical length in px, at least `lo` px and at most `frac` of the short side."""
+        return float(min(max(um / mpp, lo), frac * s))
+
+    # Outline: a bean (irregular ellipse with a hilum dent), kept clear of the slide border.
+    t = np.linspace(0.0, 2 * math.pi, 360, endpoint=False)
+    r = np.ones_like(t)
+    for k in range(2, 7):
+        r += 0.05 * rng.uniform(0.4, 1.0) / k**0.6 * np.cos(k * t + rng.uniform(0, 2 * math.pi))
+    hilum = rng.uniform(0, 2 * math.pi)
+    dist = np.angle(np.exp(1j * (t - hilum)))
+    r *= 1 - 0.16 * np.exp(-((dist / 0.35) ** 2))
+    rx, ry = 0.40 * width * rng.uniform(0.95, 1.03), 0.40 * height * rng.uniform(0.95, 1.03)
+    cx = width / 2 * (1 + rng.uniform(-0.02, 0.02))
+    cy = height / 2 * (1 + rng.uniform(-0.02, 0.02))
+    outline = Polygon(np.column_stack([cx + rx * r * np.cos(t), cy + ry * r * np.sin(t)]))
+    margin = 0.02 * s
+    tissue = outline.buffer(0).intersection(box(margin, margin, width - margin, height - margin))
+    tissue = max(_polygons(tissue), key=lambda p: p.area)
+
+    cap = px(12, 3, 0.008)
+    inner = tissue.buffer(-cap, quad_segs=4)
+    inner = max(_polygons(inner), key=lambda p: p.area)
+    hx, hy = cx + rx * math.cos(hilum), cy + ry * math.sin(hilum)  # hilum on the outline
+    mean_r = math.sqrt(tissue.area / math.pi)
+
+    # Sinuses: a broken subcapsular band and medullary channels running in from the hilum.
+    sw = px(22, 4, 0.018)
+    band = inner.difference(inner.buffer(-sw, quad_segs=4))
+    wedges = []
+    for _ in range(int(rng.integers(3, 7))):
+        a0 = rng.uniform(0, 2 * math.pi)
+        a1 = a0 + rng.uniform(0.3, 1.1)
+        aa = np.linspace(a0, a1, 24)
+        big = 3 * max(width, height)
+        wedges.append(
+            Polygon([(cx, cy), *zip(cx + big * np.cos(aa), cy + big * np.sin(aa), strict=True)])
+        )
+    sinus_parts = [band.intersection(unary_union(wedges))]
+    channel_w = px(35, 5, 0.022)
+    for _ in range(int(rng.integers(4, 9))):
+        heading = math.atan2(cy - hy, cx - hx) + rng.uniform(-0.9, 0.9)
+        x, y = hx, hy
+        pts = [(x, y)]
+        length = mean_r * rng.uniform(0.35, 0.75)
+        step = length / 24
+        for _ in range(24):
+            heading += rng.normal(0, 0.22)
+            x, y = x + step * math.cos(heading), y + step * math.sin(heading)
+            pts.append((x, y))
+        w = channel_w * rng.uniform(0.6, 1.4)
+        sinus_parts.append(LineString(pts).buffer(w / 2, quad_segs=4))
+    sinus_all = unary_union(sinus_parts).intersection(inner)
+
+    # Follicles: round, in the cortex (a band under the subcapsular sinus), not touching each other.
+    rf = px(230, 12, 0.10)
+    cortex = inner.buffer(-(sw + 0.9 * rf), quad_segs=4).difference(
+        inner.buffer(-(sw + 3.2 * rf), quad_segs=4)
+    )
+    cortex = cortex.difference(Polygon(
+        [(hx, hy), *((hx + 3 * mean_r * math.cos(a), hy + 3 * mean_r * math.sin(a))
+                      for a in np.linspace(hilum + math.pi - 0.5, hilum + math.pi + 0.5, 8))]
+    ))
+    if n_follicles is None:
+        n_follicles = int(np.clip(round(cortex.area / (math.pi * (2.4 * rf) ** 2)), 2, 30))
+    follicles, germinals, centres = [], [], []
+    attempts = 0
+    while len(follicles) < n_follicles and attempts < 400 * max(n_follicles, 1):
+        attempts += 1
+        p = _random_point_in(rng, cortex)
+        if p is None:
+            continue
+        r_i = rf * rng.uniform(0.7, 1.15)
+        if any(math.dist(p, c) < r_i + rc + 0.25 * rf for c, rc in centres):
+            continue
+        centres.append((p, r_i * 1.25))
+        angle = rng.uniform(0, math.pi)
+        follicles.append(
+            _blob(rng, p[0], p[1], r_i * rng.uniform(1.0, 1.25), r_i, angle=angle, amp=0.06, kmax=5)
+        )
+        # Germinal centre: eccentric, pushed away from the capsule (mantle thicker outside).
+        d = math.dist(p, (cx, cy)) or 1.0
+        gx = p[0] + 0.12 * r_i * (cx - p[0]) / d
+        gy = p[1] + 0.12 * r_i * (cy - p[1]) / d
+        germinals.append(
+            _blob(rng, gx, gy, 0.66 * r_i * rng.uniform(1.0, 1.2), 0.66 * r_i, angle=angle,
+                  amp=0.08, kmax=5)
+        )
+    follicle_all = unary_union(follicles).intersection(inner) if follicles else Polygon()
+
+    # Tumour nests: irregular lobulated blobs with satellites, anywhere inside the capsule.
+    nests = []
+    if tumour:
+        if n_tumour_nests is None:
+            n_tumour_nests = int(rng.integers(1, 4)) + (1 if s * mpp > 4000 else 0)
+        for i in range(n_tumour_nests):
+            rt = px(rng.uniform(120, 600) if i else rng.uniform(250, 650), 20, 0.13)
+            p = None
+            for _ in range(6):
+                q = _random_point_in(rng, inner.buffer(-1.2 * rt, quad_segs=4))
+                q = q or _random_point_in(rng, inner.buffer(-0.5 * rt, quad_segs=4))
+                q = q or _random_point_in(rng, inner)
+                if q is None:
+                    break
+                p = q
+                if follicle_all.is_empty or follicle_all.distance(shapely.Point(q)) > rt:
+                    break
+            if p is None:
+                continue
+            parts = [_blob(rng, p[0], p[1], rt * rng.uniform(0.8, 1.2), rt, angle=rng.uniform(0, 6.3),
+                           amp=0.22, kmax=9)]
+            for _ in range(int(rng.integers(0, 4))):  # lobes on the rim
+                a = rng.uniform(0, 2 * math.pi)
+                rl = rt * rng.uniform(0.3, 0.6)
+                parts.append(_blob(rng, p[0] + 0.8 * rt * math.cos(a), p[1] + 0.8 * rt * math.sin(a),
+                                   rl, rl * rng.uniform(0.7, 1.0), angle=a, amp=0.2, kmax=7))
+            for _ in range(int(rng.integers(0, 5))):  # small satellite clusters
+                a = rng.uniform(0, 2 * math.pi)
+                rs = rt * rng.uniform(0.08, 0.2)
+                dd = rt * rng.uniform(1.3, 1.9)
+                parts.append(_blob(rng, p[0] + dd * math.cos(a), p[1] + dd * math.sin(a),
+                                   rs, rs, angle=0.0, amp=0.25, kmax=5, n=32))
+            nests.append(unary_union(parts))
+    tumour_all = unary_union(nests).intersection(inner) if nests else Polygon()
+
+    tumour_g = _multi(tumour_all)
+    follicle_g = _multi(follicle_all.difference(tumour_all))
+    germinal_g = _multi(unary_union(germinals).intersection(follicle_g) if germinals else None)
+    sinus_g = _multi(sinus_all.difference(follicle_all).difference(tumour_all))
+    return _Geometry(
+        tissue=_multi(tissue),
+        capsule_inner=_multi(inner),
+        sinus=sinus_g,
+        follicle=follicle_g,
+        germinal=germinal_g,
+        tumour=tumour_g,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Rasterisation (even-odd scanline fill at pixel centres: exact, fast, no extra dependency)
+
+
+class _Shape:
+    """A (multi)polygon prepared for scanline filling: its edges, per part, with bounding boxes."""
+
+    def __init__(self, geom: MultiPolygon):
+        self.edges: list[np.ndarray] = []
+        bounds = []
+        for poly in _polygons(geom):
+            rings = [np.asarray(poly.exterior.coords)] + [np.asarray(i.coords) for i in poly.interiors]
+            e = np.concatenate([np.column_stack([r[:-1], r[1:]]) for r in rings])
+            self.edges.append(e.astype(np.float64))
+            bounds.append(poly.bounds)
+        self.bounds = np.array(bounds, np.float64).reshape(-1, 4)
+
+    def fill(self, x0: int, y0: int, w: int, h: int, scale: float = 1.0) -> np.ndarray:
+        """Boolean (h, w): pixel (i, j) is inside if ((x0+j+.5)*scale, (y0+i+.5)*scale) is."""
+        out = np.zeros((h, w), bool)
+        if not len(self.bounds) or w <= 0 or h <= 0:
+            return out
+        bx0, by0, bx1, by1 = x0 * scale, y0 * scale, (x0 + w) * scale, (y0 + h) * scale
+        b = self.bounds
+        hit = (b[:, 0] < bx1) & (b[:, 2] > bx0) & (b[:, 1] < by1) & (b[:, 3] > by0)
+        if not hit.any():
+            return out
+        edges = np.concatenate([self.edges[i] for i in np.flatnonzero(hit)])
+        step = max(16, min(h, 4_000_000 // max(len(edges), 1)))
+        for r0 in range(0, h, step):
+            r1 = min(h, r0 + step)
+            yc = (y0 + np.arange(r0, r1) + 0.5) * scale
+            lo = np.minimum(edges[:, 1], edges[:, 3])
+            hi = np.maximum(edges[:, 1], edges[:, 3])
+            e = edges[(hi > yc[0]) & (lo <= yc[-1])]
+            if not len(e):
+                continue
+            ex1, ey1, ex2, ey2 = e.T
+            cross = (ey1[None, :] <= yc[:, None]) != (ey2[None, :] <= yc[:, None])
+            rows, idx = np.nonzero(cross)
+            if not len(rows):
+                continue
+            xi = ex1[idx] + (yc[rows] - ey1[idx]) * (ex2[idx] - ex1[idx]) / (ey2[idx] - ey1[idx])
+            col = np.clip(np.ceil(xi / scale - x0 - 0.5), 0, w).astype(np.int64)
+            acc = np.bincount(rows * (w + 1) + col, minlength=(r1 - r0) * (w + 1))
+            out[r0:r1] = (np.cumsum(acc.reshape(r1 - r0, w + 1), axis=1)[:, :w] & 1).astype(bool)
+        return out
+
+
+def _rasterise(shape: _Shape, width: int, height: int, ds: int) -> np.ndarray:
+    """A mask at 1/ds: pixel (i, j) is the level-0 block whose centre is ((j+.5)ds, (i+.5)ds)."""
+    return shape.fill(0, 0, -(-width // ds), -(-height // ds), scale=float(ds))
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _mix64(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> np.uint64(30))
+    h = h * np.uint64(0xBF58476D1CE4E5B9)
+    h = h ^ (h >> np.uint64(27))
+    h = h * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
+def _hash_uniform(ix: np.ndarray, iy: np.ndarray, salt: int) -> np.ndarray:
+    """Uniform floats in [0, 1) that depend only on (ix, iy, salt)."""
+    with np.errstate(over="ignore"):
+        h = ix.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        h = h ^ (iy.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F) + np.uint64(salt))
+        h = _mix64(h)
+    return (h >> np.uint64(40)).astype(np.float32) * np.float32(1.0 / (1 << 24))
+
+
+def _salt(seed: int, *keys: int) -> int:
+    h = np.array([seed & 0xFFFFFFFFFFFFFFFF], np.uint64)
+    with np.errstate(over="ignore"):
+        for k in keys:
+            h = _mix64(h ^ np.uint64(k * 0x2545F4914F6CDD1D & 0xFFFFFFFFFFFFFFFF))
+    return int(h[0])
+
+
+def _value_noise(x0: int, y0: int, w: int, h: int, spacing: float, salt: int) -> np.ndarray:
+    """Smooth value noise in about [-1, 1] with lattice `spacing` px, continuous across chunks."""
+    gx = (x0 + np.arange(w, dtype=np.float64) + 0.5) / spacing
+    gy = (y0 + np.arange(h, dtype=np.float64) + 0.5) / spacing
+    ix, iy = np.floor(gx).astype(np.int64), np.floor(gy).astype(np.int64)
+    tx, ty = (gx - ix).astype(np.float32), (gy - iy).astype(np.float32)
+    tx, ty = tx * tx * (3 - 2 * tx), ty * ty * (3 - 2 * ty)
+    lx = np.arange(ix[0], ix[-1] + 2)
+    ly = np.arange(iy[0], iy[-1] + 2)
+    lattice = _hash_uniform(lx[None, :], ly[:, None], salt) * 2 - 1
+    iyl, ixl = iy - ly[0], ix - lx[0]
+    rows = lattice[iyl] * (1 - ty)[:, None] + lattice[iyl + 1] * ty[:, None]
+    return rows[:, ixl] * (1 - tx) + rows[:, ixl + 1] * tx
+
+
+class _Renderer:
+    """Draws any level-0 rectangle of the slide, deterministically, from the geometry."""
+
+    def __init__(self, geometry: _Geometry, *, width: int, height: int, mpp: float, seed: int):
+        self.width, self.height, self.mpp, self.seed = width, height, mpp, seed
+        # Paint order: later wins.
+        self.paint = [
+            (CORTEX, _Shape(geometry.tissue)),
+            (SINUS, _Shape(geometry.sinus)),
+            (MANTLE, _Shape(geometry.follicle)),
+            (GERMINAL, _Shape(geometry.germinal)),
+            (TUMOUR, _Shape(geometry.tumour)),
+        ]
+        self.inner = _Shape(geometry.capsule_inner)
+        self.tissue_bounds = geometry.tissue.bounds
+        rng = np.random.default_rng([seed, 7])
+        # Per-slide stain variation, as between labs and batches.
+        self.h_vec = (_HAEMATOXYLIN * rng.uniform(0.93, 1.07, 3)).astype(np.float32)
+        self.e_vec = (_EOSIN * rng.uniform(0.93, 1.07, 3)).astype(np.float32)
+        self.h_gain = np.float32(rng.uniform(0.88, 1.12))
+        self.e_gain = np.float32(rng.uniform(0.85, 1.15))
+        self.layers = []
+        for n, spec in enumerate(_LAYERS):
+            cell = max(4, round(spec["cell_um"] / mpp))
+            max_r = 0.5 * cell - 0.75
+            table = {
+                k: np.array(spec[k], np.float32)
+                for k in ("present", "spread", "elong", "haem", "vesicular", "irregular")
+            }
+            table["radius"] = np.minimum(np.array(spec["radius"], np.float32) / mpp, max_r)
+            salts = [_salt(seed, 100 + n, k) for k in range(9)]
+            self.layers.append((cell, table, salts))
+        self.pad = max(cell for cell, _, _ in self.layers) // 2 + 2
+        self.noise_salts = [_salt(seed, 200 + k) for k in range(5)]
+        self.um = 1.0 / mpp  # px per micrometre
+
+    def labels(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+        lab = np.zeros((h, w), np.uint8)
+        tissue = self.paint[0][1].fill(x0, y0, w, h)
+        if not tissue.any():
+            return lab
+        lab[tissue] = CORTEX
+        lab[tissue & ~self.inner.fill(x0, y0, w, h)] = CAPSULE
+        for value, shape in self.paint[1:]:
+            lab[shape.fill(x0, y0, w, h)] = value
+        return lab
+
+    def _nuclei(self, layer, lab: np.ndarray, x0: int, y0: int, w: int, h: int, fine: np.ndarray):
+        """Haematoxylin of one layer's nuclei, and their coverage, over the chunk."""
+        cell, t, salts = layer
+        pad = self.pad
+        gx = np.arange(x0 // cell, (x0 + w - 1) // cell + 1)
+        gy = np.arange(y0 // cell, (y0 + h - 1) // cell + 1)
+        GX, GY = gx[None, :], gy[:, None]
+        u = [_hash_uniform(GX, GY, s) for s in salts]
+        # Each cell takes the label found at its centre (so nuclei are never cut by region edges).
+        ccx = np.clip(gx * cell + cell // 2 - (x0 - pad), 0, lab.shape[1] - 1)
+        ccy = np.clip(gy * cell + cell // 2 - (y0 - pad), 0, lab.shape[0] - 1)
+        cls = lab[ccy[:, None], ccx[None, :]]
+        present = (u[0] < t["present"][cls]) & (cls > 0)
+        r = t["radius"][cls] * (1 + t["spread"][cls] * (2 * u[1] - 1))
+        e = 1 + t["elong"][cls] * u[2]
+        a, b = r * np.sqrt(e), r / np.sqrt(e)
+        fit = np.minimum(1.0, (0.5 * cell - 0.75) / np.maximum(a, 1e-3))
+        a, b = np.maximum(a * fit, 0.8), np.maximum(b * fit, 0.8)
+        cx = GX * cell + a + u[4] * (cell - 2 * a) - x0
+        cy = GY * cell + a + u[5] * (cell - 2 * a) - y0
+        th = u[3] * np.float32(math.pi)
+        c, s = np.cos(th), np.sin(th)
+        q11 = (c / a) ** 2 + (s / b) ** 2
+        q22 = (s / a) ** 2 + (c / b) ** 2
+        q12 = c * s * (1 / a**2 - 1 / b**2)
+        inten = t["haem"][cls] * (1 + 0.35 * (u[6] - 0.5)) * present
+        ves = (u[7] < t["vesicular"][cls]).astype(np.float32)
+        irr = t["irregular"][cls] * (0.5 + u[8])
+        params = np.stack([cx, cy, q11, q12, q22, inten, ves, irr]).astype(np.float32)
+        ixl = (x0 + np.arange(w)) // cell - gx[0]
+        iyl = (y0 + np.arange(h)) // cell - gy[0]
+        p = params[:, iyl][:, :, ixl]
+        dx = np.arange(w, dtype=np.float32)[None, :] + np.float32(0.5) - p[0]
+        dy = np.arange(h, dtype=np.float32)[:, None] + np.float32(0.5) - p[1]
+        d2 = p[2] * dx * dx + 2 * p[3] * dx * dy + p[4] * dy * dy
+        d2 *= 1 + p[7] * fine
+        alpha = np.clip((1 - d2) * 5, 0, 1)
+        profile = 1 - p[6] * (0.6 * np.clip((0.6 - d2) * 3, 0, 1) - 1.1 * (d2 < 0.035))
+        return p[5] * alpha * profile, alpha * (p[5] > 0)
+
+    def render(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+        """The RGB uint8 pixels of the level-0 rectangle (x0, y0, w, h)."""
+        rng = np.random.default_rng([self.seed, 1, x0, y0])
+        grain = rng.standard_normal((h, w), dtype=np.float32)
+        bx0, by0, bx1, by1 = self.tissue_bounds
+        pad = self.pad
+        if x0 + w + pad <= bx0 or x0 - pad >= bx1 or y0 + h + pad <= by0 or y0 - pad >= by1:
+            lab = None
+        else:
+            lab = self.labels(x0 - pad, y0 - pad, w + 2 * pad, h + 2 * pad)
+            if not lab.any():
+                lab = None
+        if lab is None:
+            v = 255 * math.exp(-_GLASS_OD) + 1.5 * grain
+            return np.repeat(np.clip(v, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+
+        core = lab[pad : pad + h, pad : pad + w]
+        um, ns = self.um, self.noise_salts
+        fine = _value_noise(x0, y0, w, h, 1.6 * um, ns[0])
+        mid = _value_noise(x0, y0, w, h, 9 * um, ns[1]) * 0.7 + fine * 0.3
+        coarse = _value_noise(x0, y0, w, h, 220 * um, ns[2]) * 0.6 + _value_noise(
+            x0, y0, w, h, 60 * um, ns[3]
+        ) * 0.4
+
+        haem = np.zeros((h, w), np.float32)
+        cover = np.zeros((h, w), np.float32)
+        for layer in self.layers:
+            hn, al = self._nuclei(layer, lab, x0, y0, w, h, fine)
+            np.maximum(haem, hn, out=haem)
+            np.maximum(cover, al, out=cover)
+        haem *= (1 + 0.18 * fine + 0.08 * grain) * (core > 0)
+        cover *= core > 0
+
+        eos = _EOSIN_BASE[core] * (1 + _EOSIN_VAR[core] * mid + 0.15 * coarse)
+        eos = np.maximum(eos, 0) * (1 - 0.75 * cover)
+        haem += _HAEM_BASE[core] * (1 + 0.5 * mid)
+        haem *= self.h_gain * (1 + 0.1 * coarse)
+        eos *= self.e_gain
+        eos += (0.025 * grain) * (core > 0)
+        out = np.empty((h, w, 3), np.uint8)
+        for ch in range(3):
+            od = haem * self.h_vec[ch] + eos * self.e_vec[ch] + np.float32(_GLASS_OD)
+            v = np.exp(-od) * np.float32(255) + grain * np.float32(1.5)
+            np.clip(v, 0, 255, out=v)
+            out[:, :, ch] = v
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def _level_shapes(width: int, height: int, tile: int) -> list[tuple[int, int]]:
+    shapes = [(height, width)]
+    while max(shapes[-1]) > tile:
+        h, w = shapes[-1]
+        shapes.append((max(1, h // 2), max(1, w // 2)))
+    return shapes
+
+
+def _half(strip: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """2x2 box average of the top-left (2*rows, 2*cols) of `strip`."""
+    s = strip[: 2 * rows, : 2 * cols].astype(np.uint16)
+    s = s.reshape(rows, 2, cols, 2, 3).sum(axis=(1, 3))
+    return ((s + 2) >> 2).astype(np.uint8)
+
+
+def _buffer(shape: tuple[int, int, int], path: Path) -> np.ndarray:
+    if math.prod(shape) <= 64 * 2**20:
+        return np.empty(shape, np.uint8)
+    return np.memmap(path, dtype=np.uint8, mode="w+", shape=shape)
+
+
+def _write_masks(
+    geometry: _Geometry, masks_path: Path, *, width: int, height: int, mpp: float, ds: int
+) -> None:
+    arrays = {
+        "tumour": _rasterise(_Shape(geometry.tumour), width, height, ds),
+        "follicle": _rasterise(_Shape(geometry.follicle), width, height, ds),
+        "sinus": _rasterise(_Shape(geometry.sinus), width, height, ds),
+        "tissue": _rasterise(_Shape(geometry.tissue), width, height, ds),
+    }
+    with open(masks_path, "wb") as fh:
+        np.savez_compressed(
+            fh, **arrays, downsample=np.int64(ds), width=np.int64(width),
+            height=np.int64(height), mpp=np.float64(mpp),
+        )
+
+
+def _write_regions(geometry: _Geometry, regions_path: Path, *, width: int, height: int, mpp: float):
+    features = []
+    for key in ("tissue", "sinus", "follicle", "tumour"):
+        for poly in _polygons(getattr(geometry, key)):
+            features.append(
+                {
+                    "type": "Feature",
+                    "geometry": mapping(poly),
+                    "properties": {"class": GEOJSON_CLASS[key]},
+                }
+            )
+    doc = {
+        "type": "FeatureCollection",
+        "properties": {
+            "synthetic": True,
+            "coordinates": "level-0 pixels",
+            "width": width,
+            "height": height,
+            "mpp": mpp,
+        },
+        "features": features,
+    }
+    regions_path.write_text(json.dumps(doc))
+
+
+def load_masks(masks_path: Path) -> tuple[dict[str, np.ndarray], int]:
+    """The ground-truth masks ({"tumour", "follicle", "sinus", "tissue"} -> bool) and downsample.
+
+    Mask pixel (i, j) stands for the level-0 block [j*ds, (j+1)*ds) x [i*ds, (i+1)*ds), sampled at
+    its centre; the shape is (ceil(height/ds), ceil(width/ds)).
+    """
+    with np.load(masks_path) as data:
+        masks = {k: data[k].astype(bool) for k in MASK_CLASSES}
+        return masks, int(data["downsample"])
+
+
+def generate_slide(
+    path: Path,
+    *,
+    width: int,
+    height: int,
+    mpp: float = 0.5,
+    seed: int = 0,
+    tumour: bool = True,
+    n_follicles: int | None = None,
+    n_tumour_nests: int | None = None,
+    tile_size: int = 256,
+    quality: int = 85,
+    mask_downsample: int = 8,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> SyntheticSlide:
+    """Write a synthetic pyramidal JPEG TIFF lymph-node slide at `path`, with its ground truth.
+
+    Deterministic for a given seed and arguments. `workers` threads render and encode tiles
+    (default: the CPU count, at most 8). Memory stays bounded: level 0 is streamed tile row by tile
+    row, and the reduced levels go through temporary memory-mapped files beside `path`.
+    """
+    if width < 64 or height < 64:
+        raise ValueError("a synthetic slide needs at least 64 x 64 px")
+    if tile_size % 16:
+        raise ValueError("tile_size must be a multiple of 16")
+    if mpp <= 0 or mask_downsample < 1:
+        raise ValueError("mpp and mask_downsample must be positive")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    masks_path = path.with_name(stem + ".masks.npz")
+    regions_path = path.with_name(stem + ".regions.geojson")
+    workers = workers or min(8, os.cpu_count() or 1)
+
+    geometry = _build_geometry(
+        np.random.default_rng(seed), width=width, height=height, mpp=mpp, tumour=tumour,
+        n_follicles=n_follicles, n_tumour_nests=n_tumour_nests,
+    )
+    _write_masks(geometry, masks_path, width=width, height=height, mpp=mpp, ds=mask_downsample)
+    _write_regions(geometry, regions_path, width=width, height=height, mpp=mpp)
+    renderer = _Renderer(geometry, width=width, height=height, mpp=mpp, seed=seed)
+
+    ts = tile_size
+    shapes = _level_shapes(width, height, ts)
+    total = sum(-(-h // ts) * -(-w // ts) for h, w in shapes)
+    done = 0
+    chunk_w = ts * max(1, 2048 // ts)
+    temps: list[Path] = []
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None and (done % 64 == 0 or done == total):
+            progress(done, total)
+
+    def render_strip(y0: int) -> np.ndarray:
+        h = min(ts, height - y0)
+        strip = np.empty((h, width, 3), np.uint8)
+        for x0 in range(0, width, chunk_w):
+            w = min(chunk_w, width - x0)
+            strip[:, x0 : x0 + w] = renderer.render(x0, y0, w, h)
+        return strip
+
+    def strips_level0(pool: ThreadPoolExecutor) -> Iterator[tuple[int, np.ndarray]]:
+        """Level-0 tile rows, rendered ahead by the pool (at most workers + 1 rows in memory)."""
+        ys = list(range(0, height, ts))
+        pending: deque = deque()
+        for i, y0 in enumerate(ys):
+            pending.append((y0, pool.submit(render_strip, y0)))
+            if i >= workers:
+                y, fut = pending.popleft()
+                yield y, fut.result()
+        while pending:
+            y, fut = pending.popleft()
+            yield y, fut.result()
+
+    def strips_from(buf: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        for y0 in range(0, buf.shape[0], ts):
+            yield y0, np.asarray(buf[y0 : y0 + ts])
+
+    def tiles(strips: Iterator[tuple[int, np.ndarray]], nxt: np.ndarray | None) -> Iterator:
+        for y0, strip in strips:
+            if nxt is not None:
+                r0 = y0 // 2
+                r1 = min((y0 + strip.shape[0]) // 2, nxt.shape[0])
+                if r1 > r0:
+                    nxt[r0:r1] = _half(strip, r1 - r0, nxt.shape[1])
+            for x0 in range(0, strip.shape[1], ts):
+                yield strip[:, x0 : x0 + ts]
+                tick()
+
+    res = 1e4 / mpp  # pixels per centimetre
+    bigtiff = width * height * 3 * 4 // 3 > 2**31
+    description = (
+        f"NodeScope synthetic lymph node (generated, not real tissue); seed={seed}; "
+        f"tumour={bool(tumour)}; mpp={mpp}"
+    )
+    try:
+        with (
+            ThreadPoolExecutor(max(1, workers)) as pool,
+            tifffile.TiffWriter(path, bigtiff=bigtiff) as tif,
+        ):
+            prev: np.ndarray | None = None
+            for level, (h, w) in enumerate(shapes):
+                nxt = None
+                if level + 1 < len(shapes):
+                    nh, nw = shapes[level + 1]
+                    tmp = path.with_name(f".{stem}.level{level + 1}.tmp")
+                    temps.append(tmp)
+                    nxt = _buffer((nh, nw, 3), tmp)
+                strips = strips_level0(pool) if level == 0 else strips_from(prev)
+                tif.write(
+                    tiles(strips, nxt),
+                    shape=(h, w, 3),
+                    dtype=np.uint8,
+                    tile=(ts, ts),
+                    photometric="rgb",
+                    compression="jpeg",
+                    compressionargs={"level": quality},
+                    resolution=(res / 2**level, res / 2**level),
+                    resolutionunit="CENTIMETER",
+                    subfiletype=1 if level else 0,
+                    description=description if level == 0 else None,
+                    metadata=None,
+                    maxworkers=workers,
+                )
+                prev = nxt
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+    if progress is not None:
+        progress(total, total)
+    return SyntheticSlide(
+        path=path,
+        masks_path=masks_path,
+        regions_path=regions_path,
+        width=width,
+        height=height,
+        mpp=mpp,
+        has_tumour=not geometry.tumour.is_empty,
+    )

@@ -1,0 +1,69 @@
+"""Shared fixtures: a lab with one user per role plus an outsider from another lab; slide files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from slides.models import Lab, Role
+
+from .factories import gradient_image, make_case, make_user, write_pyramid_tiff
+
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+CMU_DIR = SHARED_DATA / "cmu-1-small-region"
+
+needs_shared_data = pytest.mark.skipif(
+    not CMU_DIR.exists(), reason="../shared/data is not beside this clone (real slides live there)"
+)
+
+
+@dataclass
+class People:
+    lab: Lab
+    other_lab: Lab
+    pathologist: object
+    lab_lead: object
+    admin: object
+    outsider: object
+
+
+@pytest.fixture(autouse=True)
+def _storage(settings, tmp_path):
+    """Every test writes slides and results under its own temporary folder."""
+    settings.SLIDE_STORAGE_DIR = tmp_path / "storage" / "slides"
+    settings.RESULTS_DIR = tmp_path / "storage" / "results"
+    settings.SLIDE_STORAGE_DIR.mkdir(parents=True)
+    settings.RESULTS_DIR.mkdir(parents=True)
+    from django.core.cache import caches
+
+    caches["tiles"].clear()
+    from slides.tiles import source_cache
+
+    source_cache.clear()
+
+
+@pytest.fixture
+def people(db) -> People:
+    lab = Lab.objects.create(code="h-lab", name="Head and Neck Lab")
+    other = Lab.objects.create(code="other-lab", name="Other Lab")
+    return People(
+        lab=lab,
+        other_lab=other,
+        pathologist=make_user("path", role=Role.PATHOLOGIST, lab=lab),
+        lab_lead=make_user("lead", role=Role.LAB_LEAD, lab=lab),
+        admin=make_user("admin", role=Role.ADMIN, lab=lab),
+        outsider=make_user("outsider", role=Role.PATHOLOGIST, lab=other),
+    )
+
+
+@pytest.fixture
+def case(people):
+    return make_case(people.lab, "S26-0001", nodes=("level II, node 1", "level III, node 2"))
+
+
+@pytest.fixture
+def tiny_tiff(tmp_path) -> Path:
+    """A 1000 x 700 px three-level pyramidal JPEG TIFF at 0.5 µm/px."""
+    return write_pyramid_tiff(tmp_path / "tiny.tiff", gradient_image(1000, 700), mpp=0.5)
