@@ -184,7 +184,12 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"large_image": {"level": "WARNING"}, "PIL": {"level": "WARNING"}},
+    "loggers": {
+        "large_image": {"level": "WARNING"},
+        "PIL": {"level": "WARNING"},
+        "wsidicom": {"level": "ERROR"},
+        "tifffile": {"level": "ERROR"},
+    },
 }
 
 SESSION_COOKIE_HTTPONLY = True

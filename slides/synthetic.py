@@ -54,47 +54,60 @@ _N_LABELS = 7
 _HAEMATOXYLIN = np.array([0.5626, 0.7201, 0.4062], np.float32)
 _EOSIN = np.array([0.2159, 0.8012, 0.5581], np.float32)
 _GLASS_OD = 0.06  # about (240, 240, 240) where there is no tissue
+_QSCALE = 80  # colour table steps per unit optical density
+_HQ, _EQ = 320, 160  # colour table size (haematoxylin x eosin)
 
 #                      BG    CORTEX SINUS MANTLE GERM  TUMOUR CAPSULE
-_EOSIN_BASE = np.array([0.0, 0.30, 0.13, 0.26, 0.36, 0.62, 0.85], np.float32)
-_EOSIN_VAR = np.array([0.0, 0.25, 0.75, 0.25, 0.30, 0.35, 0.30], np.float32)
-_HAEM_BASE = np.array([0.0, 0.10, 0.05, 0.10, 0.09, 0.12, 0.04], np.float32)
+_EOSIN_BASE = np.array([0.0, 0.24, 0.20, 0.22, 0.34, 0.62, 0.85], np.float32)
+_EOSIN_VAR = np.array([0.0, 0.25, 0.70, 0.25, 0.30, 0.30, 0.30], np.float32)
+_HAEM_BASE = np.array([0.0, 0.15, 0.05, 0.15, 0.10, 0.10, 0.04], np.float32)
 
-# Nucleus layers: jittered grids of cells, at most one nucleus per cell. Sizes in micrometres.
-# Per label: presence probability, mean radius, radius spread, elongation, haematoxylin,
-# share of vesicular nuclei (pale centre, dark rim, nucleolus), outline irregularity.
+# Kinds of nuclei (sizes in micrometres): mean radius, radius spread, elongation, haematoxylin,
+# vesicular (pale centre, dark rim, nucleolus) or not, outline irregularity, chromatin texture.
+_LYMPHOCYTE = {"r": 3.2, "spread": 0.12, "elong": 0.25, "haem": 1.6, "ves": 0, "irr": 0.06, "tex": 0.12}
+_LYMPHOCYTE_DARK = {**_LYMPHOCYTE, "haem": 1.75}
+_FIBROBLAST = {"r": 2.4, "spread": 0.15, "elong": 3.5, "haem": 1.2, "ves": 0, "irr": 0.05, "tex": 0.1}
+_IMMUNOBLAST = {"r": 4.0, "spread": 0.10, "elong": 0.3, "haem": 0.95, "ves": 1, "irr": 0.06, "tex": 0.2}
+_CENTROBLAST = {"r": 4.6, "spread": 0.15, "elong": 0.35, "haem": 0.85, "ves": 1, "irr": 0.10, "tex": 0.25}
+_CENTROCYTE = {"r": 3.7, "spread": 0.12, "elong": 0.5, "haem": 1.25, "ves": 0, "irr": 0.28, "tex": 0.15}
+_HISTIOCYTE = {"r": 4.2, "spread": 0.15, "elong": 0.6, "haem": 0.6, "ves": 1, "irr": 0.10, "tex": 0.2}
+_TUMOUR_VESICULAR = {"r": 6.0, "spread": 0.35, "elong": 0.6, "haem": 1.1, "ves": 1, "irr": 0.35, "tex": 0.3}
+_TUMOUR_HYPERCHROMATIC = {**_TUMOUR_VESICULAR, "r": 5.6, "haem": 1.65, "ves": 0, "tex": 0.25}
+
+# Nucleus layers: a (warped) grid of cells, each holding at most one nucleus, drawn from a bank
+# of pre-rendered sprites. Per render label: presence probability and a mix of kinds.
 _LAYERS = (
     {
         "cell_um": 7.6,
-        "present": (0, 0.93, 0.10, 0.97, 0.30, 0.04, 0.10),
-        "radius": (3, 3.0, 3.0, 3.0, 3.1, 3.0, 2.8),
-        "spread": (0, 0.12, 0.12, 0.10, 0.15, 0.10, 0.10),
-        "elong": (0, 0.25, 0.30, 0.25, 0.30, 0.25, 3.0),
-        "haem": (0, 1.55, 1.30, 1.65, 1.35, 1.50, 1.20),
-        "vesicular": (0, 0.0, 0.0, 0.0, 0.05, 0.0, 0.0),
-        "irregular": (0, 0.10, 0.10, 0.10, 0.10, 0.10, 0.10),
+        CORTEX: (0.93, [(1.0, _LYMPHOCYTE)]),
+        SINUS: (0.10, [(1.0, _LYMPHOCYTE)]),
+        MANTLE: (0.97, [(1.0, _LYMPHOCYTE_DARK)]),
+        GERMINAL: (0.22, [(1.0, _LYMPHOCYTE)]),
+        TUMOUR: (0.03, [(1.0, _LYMPHOCYTE)]),
+        CAPSULE: (0.10, [(1.0, _FIBROBLAST)]),
     },
     {
         "cell_um": 8.9,
-        "present": (0, 0.50, 0.05, 0.60, 0.12, 0.02, 0.04),
-        "radius": (3, 3.0, 3.0, 3.0, 3.1, 3.0, 2.8),
-        "spread": (0, 0.12, 0.12, 0.10, 0.15, 0.10, 0.10),
-        "elong": (0, 0.25, 0.30, 0.25, 0.30, 0.25, 3.0),
-        "haem": (0, 1.50, 1.30, 1.60, 1.35, 1.50, 1.20),
-        "vesicular": (0, 0.0, 0.0, 0.0, 0.05, 0.0, 0.0),
-        "irregular": (0, 0.10, 0.10, 0.10, 0.10, 0.10, 0.10),
+        CORTEX: (0.55, [(0.9, _LYMPHOCYTE), (0.1, _IMMUNOBLAST)]),
+        SINUS: (0.06, [(1.0, _LYMPHOCYTE)]),
+        MANTLE: (0.60, [(1.0, _LYMPHOCYTE_DARK)]),
+        GERMINAL: (0.08, [(1.0, _LYMPHOCYTE)]),
+        TUMOUR: (0.02, [(1.0, _LYMPHOCYTE)]),
+        CAPSULE: (0.04, [(1.0, _FIBROBLAST)]),
     },
     {
-        "cell_um": 17.0,
-        "present": (0, 0.05, 0.22, 0.01, 0.78, 0.96, 0.0),
-        "radius": (5, 4.4, 4.6, 4.4, 5.0, 6.0, 4.0),
-        "spread": (0, 0.15, 0.20, 0.15, 0.22, 0.38, 0.1),
-        "elong": (0, 0.30, 0.50, 0.30, 0.35, 0.70, 0.3),
-        "haem": (0, 0.85, 0.55, 0.85, 0.85, 1.20, 0.8),
-        "vesicular": (0, 0.8, 0.6, 0.8, 0.75, 0.50, 0.5),
-        "irregular": (0, 0.10, 0.15, 0.10, 0.15, 0.40, 0.1),
+        "cell_um": 11.0,
+        GERMINAL: (0.85, [(0.55, _CENTROBLAST), (0.45, _CENTROCYTE)]),
+        SINUS: (0.20, [(1.0, _HISTIOCYTE)]),
+    },
+    {
+        "cell_um": 15.5,
+        TUMOUR: (0.97, [(0.55, _TUMOUR_VESICULAR), (0.45, _TUMOUR_HYPERCHROMATIC)]),
     },
 )
+_VARIANTS = 128  # sprites per render label and layer
+_WARP_UM = 5.0  # how far the grids of cells are bent (breaks their regularity)
+_WARP_SPACING_UM = 18.0
 
 
 @dataclass(frozen=True)
@@ -392,10 +405,10 @@ def _mix64(h: np.ndarray) -> np.ndarray:
 
 
 def _hash_uniform(ix: np.ndarray, iy: np.ndarray, salt: int) -> np.ndarray:
-    """Uniform floats in [0, 1) that depend only on (ix, iy, salt)."""
+    """Uniform floats in [0, 1) that depend only on the integers (ix, iy) and `salt`."""
     with np.errstate(over="ignore"):
-        h = ix.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-        h = h ^ (iy.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F) + np.uint64(salt))
+        h = np.asarray(ix).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        h = h ^ (np.asarray(iy).astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F) + np.uint64(salt))
         h = _mix64(h)
     return (h >> np.uint64(40)).astype(np.float32) * np.float32(1.0 / (1 << 24))
 
@@ -408,19 +421,112 @@ def _salt(seed: int, *keys: int) -> int:
     return int(h[0])
 
 
+def _smooth(t: np.ndarray) -> np.ndarray:
+    return t * t * (3 - 2 * t)
+
+
 def _value_noise(x0: int, y0: int, w: int, h: int, spacing: float, salt: int) -> np.ndarray:
-    """Smooth value noise in about [-1, 1] with lattice `spacing` px, continuous across chunks."""
+    """Smooth value noise in [-1, 1] over pixel centres of a rectangle; seamless across chunks."""
     gx = (x0 + np.arange(w, dtype=np.float64) + 0.5) / spacing
     gy = (y0 + np.arange(h, dtype=np.float64) + 0.5) / spacing
     ix, iy = np.floor(gx).astype(np.int64), np.floor(gy).astype(np.int64)
-    tx, ty = (gx - ix).astype(np.float32), (gy - iy).astype(np.float32)
-    tx, ty = tx * tx * (3 - 2 * tx), ty * ty * (3 - 2 * ty)
-    lx = np.arange(ix[0], ix[-1] + 2)
-    ly = np.arange(iy[0], iy[-1] + 2)
+    tx, ty = _smooth((gx - ix).astype(np.float32)), _smooth((gy - iy).astype(np.float32))
+    lx, ly = np.arange(ix[0], ix[-1] + 2), np.arange(iy[0], iy[-1] + 2)
     lattice = _hash_uniform(lx[None, :], ly[:, None], salt) * 2 - 1
     iyl, ixl = iy - ly[0], ix - lx[0]
     rows = lattice[iyl] * (1 - ty)[:, None] + lattice[iyl + 1] * ty[:, None]
-    return rows[:, ixl] * (1 - tx) + rows[:, ixl + 1] * tx
+    left, right = rows.take(ixl, axis=1), rows.take(ixl + 1, axis=1)
+    right -= left
+    right *= tx
+    right += left
+    return right
+
+
+def _value_noise_at(x: np.ndarray, y: np.ndarray, spacing: float, salt: int) -> np.ndarray:
+    """The same noise as `_value_noise`, at arbitrary points (level-0 coordinates)."""
+    gx, gy = np.asarray(x, np.float64) / spacing, np.asarray(y, np.float64) / spacing
+    ix, iy = np.floor(gx).astype(np.int64), np.floor(gy).astype(np.int64)
+    tx, ty = _smooth((gx - ix).astype(np.float32)), _smooth((gy - iy).astype(np.float32))
+
+    def v(dx: int, dy: int) -> np.ndarray:
+        return _hash_uniform(ix + dx, iy + dy, salt) * 2 - 1
+
+    top = v(0, 0) * (1 - tx) + v(1, 0) * tx
+    bottom = v(0, 1) * (1 - tx) + v(1, 1) * tx
+    return top * (1 - ty) + bottom * ty
+
+
+def _sprites(rng: np.random.Generator, n: int, cell: int, kind: dict, mpp: float) -> np.ndarray:
+    """`n` cell-sized images (haematoxylin) of one kind of nucleus, each somewhere in its cell."""
+    from scipy.ndimage import gaussian_filter
+
+    half = cell / 2 - 0.5
+    r = kind["r"] / mpp * (1 + kind["spread"] * rng.uniform(-1, 1, n))
+    e = 1 + kind["elong"] * rng.uniform(0, 1, n)
+    a, b = r * np.sqrt(e), r / np.sqrt(e)
+    ks = np.arange(2, 6)
+    amp = kind["irr"] * rng.uniform(0.3, 1.0, (n, 1)) / ks**0.8 * rng.uniform(0.3, 1.0, (n, len(ks)))
+    phase = rng.uniform(0, 2 * math.pi, (n, len(ks)))
+    fit = np.minimum(1.0, half / np.maximum(a * (1 + amp.sum(1)), 1e-6))
+    a, b = np.maximum(a * fit, 0.7), np.maximum(b * fit, 0.6)
+    ext = a * (1 + amp.sum(1))
+    cx = ext + rng.uniform(0, 1, n) * np.maximum(cell - 2 * ext, 0)
+    cy = ext + rng.uniform(0, 1, n) * np.maximum(cell - 2 * ext, 0)
+    th = rng.uniform(0, math.pi, n)
+    yy, xx = np.mgrid[0:cell, 0:cell] + 0.5
+    dx = xx[None] - cx[:, None, None]
+    dy = yy[None] - cy[:, None, None]
+    c, s = np.cos(th)[:, None, None], np.sin(th)[:, None, None]
+    u = (c * dx + s * dy) / a[:, None, None]
+    v = (-s * dx + c * dy) / b[:, None, None]
+    rho, phi = np.hypot(u, v), np.arctan2(v, u)
+    edge = 1 + (amp[:, :, None, None] * np.cos(ks[None, :, None, None] * phi[:, None] + phase[:, :, None, None])).sum(1)
+    d = rho / edge
+    alpha = np.clip((1 - d) * b[:, None, None] + 0.5, 0, 1)
+    grain = gaussian_filter(rng.standard_normal((n, cell, cell)), sigma=(0, 0.6 / mpp, 0.6 / mpp))
+    grain /= grain.std() + 1e-9
+    if kind["ves"]:
+        profile = 0.42 + 0.58 * np.clip((d - 0.55) / 0.35, 0, 1) ** 2
+        # One or two nucleoli, off centre.
+        for _ in range(2):
+            na = rng.uniform(0, 2 * math.pi, n)
+            nr = rng.uniform(0, 0.45, n)
+            nx = cx + nr * a * np.cos(na)
+            ny = cy + nr * b * np.sin(na)
+            size = rng.uniform(0.45, 0.9, n) / mpp * (rng.uniform(0, 1, n) < 0.8)
+            dist2 = (xx[None] - nx[:, None, None]) ** 2 + (yy[None] - ny[:, None, None]) ** 2
+            profile = profile + 1.1 * np.exp(-dist2 / (2 * np.maximum(size, 1e-3)[:, None, None] ** 2))
+    else:
+        profile = 0.9 + 0.15 * np.clip(d, 0, 1)
+    gain = kind["haem"] * rng.uniform(0.85, 1.15, n)[:, None, None]
+    out = gain * alpha * np.maximum(profile * (1 + kind["tex"] * grain), 0.1)
+    return out.astype(np.float32)
+
+
+class _Layer:
+    """One grid of cells: its size in px and, per render label, sprites and presence."""
+
+    def __init__(self, spec: dict, *, mpp: float, rng: np.random.Generator, salts: list[int]):
+        self.cell = cell = max(3, round(spec["cell_um"] / mpp))
+        self.present = np.zeros(_N_LABELS, np.float32)
+        self.first = np.zeros(_N_LABELS, np.int64)  # first sprite of each label (0: the empty one)
+        bank = [np.zeros((1, cell, cell), np.float32)]
+        count = 1
+        for label in range(1, _N_LABELS):
+            if label not in spec:
+                continue
+            p, mix = spec[label]
+            self.present[label] = p
+            self.first[label] = count
+            weights = np.array([wt for wt, _ in mix])
+            picks = rng.choice(len(mix), size=_VARIANTS, p=weights / weights.sum())
+            for i, (_, kind) in enumerate(mix):
+                k = int((picks == i).sum())
+                if k:
+                    bank.append(_sprites(rng, k, cell, kind, mpp))
+            count += _VARIANTS
+        self.bank = np.concatenate(bank).reshape(-1)
+        self.salts = salts
 
 
 class _Renderer:
@@ -430,132 +536,158 @@ class _Renderer:
         self.width, self.height, self.mpp, self.seed = width, height, mpp, seed
         # Paint order: later wins.
         self.paint = [
-            (CORTEX, _Shape(geometry.tissue)),
             (SINUS, _Shape(geometry.sinus)),
             (MANTLE, _Shape(geometry.follicle)),
             (GERMINAL, _Shape(geometry.germinal)),
             (TUMOUR, _Shape(geometry.tumour)),
         ]
+        self.tissue = _Shape(geometry.tissue)
         self.inner = _Shape(geometry.capsule_inner)
         self.tissue_bounds = geometry.tissue.bounds
         rng = np.random.default_rng([seed, 7])
-        # Per-slide stain variation, as between labs and batches.
-        self.h_vec = (_HAEMATOXYLIN * rng.uniform(0.93, 1.07, 3)).astype(np.float32)
-        self.e_vec = (_EOSIN * rng.uniform(0.93, 1.07, 3)).astype(np.float32)
-        self.h_gain = np.float32(rng.uniform(0.88, 1.12))
-        self.e_gain = np.float32(rng.uniform(0.85, 1.15))
-        self.layers = []
-        for n, spec in enumerate(_LAYERS):
-            cell = max(4, round(spec["cell_um"] / mpp))
-            max_r = 0.5 * cell - 0.75
-            table = {
-                k: np.array(spec[k], np.float32)
-                for k in ("present", "spread", "elong", "haem", "vesicular", "irregular")
-            }
-            table["radius"] = np.minimum(np.array(spec["radius"], np.float32) / mpp, max_r)
-            salts = [_salt(seed, 100 + n, k) for k in range(9)]
-            self.layers.append((cell, table, salts))
-        self.pad = max(cell for cell, _, _ in self.layers) // 2 + 2
-        self.noise_salts = [_salt(seed, 200 + k) for k in range(5)]
+        self.layers = [
+            _Layer(spec, mpp=mpp, rng=rng, salts=[_salt(seed, 100 + n, k) for k in range(2)])
+            for n, spec in enumerate(_LAYERS)
+        ]
+        self.warp = _WARP_UM / mpp
+        self.warp_spacing = _WARP_SPACING_UM / mpp
+        self.margin = int(math.ceil(self.warp)) + 1
+        self.pad = self.margin + max(layer.cell for layer in self.layers) + 2
+        self.salts = [_salt(seed, 200 + k) for k in range(6)]
         self.um = 1.0 / mpp  # px per micrometre
+        # Per-slide stain variation (as between labs and batches), baked into a colour table
+        # indexed by quantised (haematoxylin, eosin) optical density.
+        h_vec = _HAEMATOXYLIN * rng.uniform(0.93, 1.07, 3) * rng.uniform(0.88, 1.12)
+        e_vec = _EOSIN * rng.uniform(0.93, 1.07, 3) * rng.uniform(0.85, 1.15)
+        hq = np.arange(_HQ)[:, None, None] / _QSCALE
+        eq = np.arange(_EQ)[None, :, None] / _QSCALE
+        rgb = 255 * np.exp(-(hq * h_vec + eq * e_vec + _GLASS_OD))
+        lut = np.zeros((_HQ, _EQ, 4), np.uint8)
+        lut[..., :3] = np.clip(np.round(rgb), 0, 255)
+        self.lut = lut.view(np.uint32).reshape(-1)
+        # A block of pixel grain, sampled at a random offset per chunk.
+        self.grain = np.random.default_rng([seed, 8]).standard_normal((512, 4096), dtype=np.float32)
 
     def labels(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+        """Render labels of a level-0 rectangle (may reach outside the slide)."""
         lab = np.zeros((h, w), np.uint8)
-        tissue = self.paint[0][1].fill(x0, y0, w, h)
+        tissue = self.tissue.fill(x0, y0, w, h)
         if not tissue.any():
             return lab
         lab[tissue] = CORTEX
         lab[tissue & ~self.inner.fill(x0, y0, w, h)] = CAPSULE
-        for value, shape in self.paint[1:]:
+        for value, shape in self.paint:
             lab[shape.fill(x0, y0, w, h)] = value
         return lab
 
-    def _nuclei(self, layer, lab: np.ndarray, x0: int, y0: int, w: int, h: int, fine: np.ndarray):
-        """Haematoxylin of one layer's nuclei, and their coverage, over the chunk."""
-        cell, t, salts = layer
-        pad = self.pad
-        gx = np.arange(x0 // cell, (x0 + w - 1) // cell + 1)
-        gy = np.arange(y0 // cell, (y0 + h - 1) // cell + 1)
-        GX, GY = gx[None, :], gy[:, None]
-        u = [_hash_uniform(GX, GY, s) for s in salts]
-        # Each cell takes the label found at its centre (so nuclei are never cut by region edges).
-        ccx = np.clip(gx * cell + cell // 2 - (x0 - pad), 0, lab.shape[1] - 1)
-        ccy = np.clip(gy * cell + cell // 2 - (y0 - pad), 0, lab.shape[0] - 1)
-        cls = lab[ccy[:, None], ccx[None, :]]
-        present = (u[0] < t["present"][cls]) & (cls > 0)
-        r = t["radius"][cls] * (1 + t["spread"][cls] * (2 * u[1] - 1))
-        e = 1 + t["elong"][cls] * u[2]
-        a, b = r * np.sqrt(e), r / np.sqrt(e)
-        fit = np.minimum(1.0, (0.5 * cell - 0.75) / np.maximum(a, 1e-3))
-        a, b = np.maximum(a * fit, 0.8), np.maximum(b * fit, 0.8)
-        cx = GX * cell + a + u[4] * (cell - 2 * a) - x0
-        cy = GY * cell + a + u[5] * (cell - 2 * a) - y0
-        th = u[3] * np.float32(math.pi)
-        c, s = np.cos(th), np.sin(th)
-        q11 = (c / a) ** 2 + (s / b) ** 2
-        q22 = (s / a) ** 2 + (c / b) ** 2
-        q12 = c * s * (1 / a**2 - 1 / b**2)
-        inten = t["haem"][cls] * (1 + 0.35 * (u[6] - 0.5)) * present
-        ves = (u[7] < t["vesicular"][cls]).astype(np.float32)
-        irr = t["irregular"][cls] * (0.5 + u[8])
-        params = np.stack([cx, cy, q11, q12, q22, inten, ves, irr]).astype(np.float32)
-        ixl = (x0 + np.arange(w)) // cell - gx[0]
-        iyl = (y0 + np.arange(h)) // cell - gy[0]
-        p = params[:, iyl][:, :, ixl]
-        dx = np.arange(w, dtype=np.float32)[None, :] + np.float32(0.5) - p[0]
-        dy = np.arange(h, dtype=np.float32)[:, None] + np.float32(0.5) - p[1]
-        d2 = p[2] * dx * dx + 2 * p[3] * dx * dy + p[4] * dy * dy
-        d2 *= 1 + p[7] * fine
-        alpha = np.clip((1 - d2) * 5, 0, 1)
-        profile = 1 - p[6] * (0.6 * np.clip((0.6 - d2) * 3, 0, 1) - 1.1 * (d2 < 0.035))
-        return p[5] * alpha * profile, alpha * (p[5] > 0)
+    def _grain(self, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+        gh, gw = self.grain.shape
+        if h > gh or w > gw:
+            return rng.standard_normal((h, w), dtype=np.float32)
+        oy, ox = int(rng.integers(0, gh - h + 1)), int(rng.integers(0, gw - w + 1))
+        return self.grain[oy : oy + h, ox : ox + w]
+
+    def _nuclei(self, layer: _Layer, lab: np.ndarray, x0: int, y0: int, xw, yw) -> np.ndarray | None:
+        """Haematoxylin of one layer's nuclei over the chunk (None if it has none there).
+
+        `xw`, `yw` are the warped pixel positions relative to (x0 - margin, y0 - margin).
+        """
+        c, m, pad = layer.cell, self.margin, self.pad
+        h, w = xw.shape
+        ox, oy = x0 - m, y0 - m
+        gx0, gy0 = ox // c, oy // c
+        gx = np.arange(gx0, (x0 + w + m) // c + 1)
+        gy = np.arange(gy0, (y0 + h + m) // c + 1)
+        # Each cell takes the label found where its centre lands once unwarped.
+        ccx = (gx[None, :] + 0.5) * c
+        ccy = (gy[:, None] + 0.5) * c
+        ccx, ccy = np.broadcast_arrays(ccx, ccy)
+        wxc = _value_noise_at(ccx, ccy, self.warp_spacing, self.salts[4]) * self.warp
+        wyc = _value_noise_at(ccx, ccy, self.warp_spacing, self.salts[5]) * self.warp
+        lx = np.clip(np.floor(ccx - wxc).astype(np.int64) - (x0 - pad), 0, lab.shape[1] - 1)
+        ly = np.clip(np.floor(ccy - wyc).astype(np.int64) - (y0 - pad), 0, lab.shape[0] - 1)
+        cls = lab[ly, lx]
+        u0 = _hash_uniform(gx[None, :], gy[:, None], layer.salts[0])
+        u1 = _hash_uniform(gx[None, :], gy[:, None], layer.salts[1])
+        on = u0 < layer.present[cls]
+        if not on.any():
+            return None
+        sprite = np.where(on, layer.first[cls] + (u1 * _VARIANTS).astype(np.int64), 0)
+        base = (sprite * (c * c)).reshape(-1)
+        # Pixel -> cell, and position inside the cell.
+        sx = xw + (ox - gx0 * c)
+        sy = yw + (oy - gy0 * c)
+        cix = sx // c
+        ciy = sy // c
+        sx -= cix * c
+        sy -= ciy * c
+        ciy *= len(gx)
+        ciy += cix
+        idx = base.take(ciy)
+        sy *= c
+        idx += sy
+        idx += sx
+        return layer.bank.take(idx)
 
     def render(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
         """The RGB uint8 pixels of the level-0 rectangle (x0, y0, w, h)."""
         rng = np.random.default_rng([self.seed, 1, x0, y0])
-        grain = rng.standard_normal((h, w), dtype=np.float32)
+        grain = self._grain(rng, h, w)
         bx0, by0, bx1, by1 = self.tissue_bounds
         pad = self.pad
-        if x0 + w + pad <= bx0 or x0 - pad >= bx1 or y0 + h + pad <= by0 or y0 - pad >= by1:
-            lab = None
-        else:
+        lab = None
+        if x0 + w + pad > bx0 and x0 - pad < bx1 and y0 + h + pad > by0 and y0 - pad < by1:
             lab = self.labels(x0 - pad, y0 - pad, w + 2 * pad, h + 2 * pad)
             if not lab.any():
                 lab = None
         if lab is None:
-            v = 255 * math.exp(-_GLASS_OD) + 1.5 * grain
+            v = np.float32(255 * math.exp(-_GLASS_OD)) + grain * np.float32(1.2)
             return np.repeat(np.clip(v, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
 
         core = lab[pad : pad + h, pad : pad + w]
-        um, ns = self.um, self.noise_salts
-        fine = _value_noise(x0, y0, w, h, 1.6 * um, ns[0])
-        mid = _value_noise(x0, y0, w, h, 9 * um, ns[1]) * 0.7 + fine * 0.3
-        coarse = _value_noise(x0, y0, w, h, 220 * um, ns[2]) * 0.6 + _value_noise(
-            x0, y0, w, h, 60 * um, ns[3]
-        ) * 0.4
+        tissue = core > 0
+        um, ns, m = self.um, self.salts, self.margin
+        mid = _value_noise(x0, y0, w, h, 9 * um, ns[1])
+        coarse = _value_noise(x0, y0, w, h, 250 * um, ns[2]) * np.float32(0.6)
+        coarse += _value_noise(x0, y0, w, h, 60 * um, ns[3]) * np.float32(0.4)
+
+        # Warped positions (integer px, relative to the chunk origin minus the margin).
+        warp = np.float32(self.warp)
+        xs = np.arange(w, dtype=np.float32) + np.float32(m + 0.5)
+        ys = np.arange(h, dtype=np.float32)[:, None] + np.float32(m + 0.5)
+        wxf = _value_noise(x0, y0, w, h, self.warp_spacing, ns[4])
+        wxf *= warp
+        wxf += xs
+        wyf = _value_noise(x0, y0, w, h, self.warp_spacing, ns[5])
+        wyf *= warp
+        wyf += ys
+        xw, yw = wxf.astype(np.intp), wyf.astype(np.intp)
+        del wxf, wyf
 
         haem = np.zeros((h, w), np.float32)
-        cover = np.zeros((h, w), np.float32)
         for layer in self.layers:
-            hn, al = self._nuclei(layer, lab, x0, y0, w, h, fine)
-            np.maximum(haem, hn, out=haem)
-            np.maximum(cover, al, out=cover)
-        haem *= (1 + 0.18 * fine + 0.08 * grain) * (core > 0)
-        cover *= core > 0
-
-        eos = _EOSIN_BASE[core] * (1 + _EOSIN_VAR[core] * mid + 0.15 * coarse)
-        eos = np.maximum(eos, 0) * (1 - 0.75 * cover)
-        haem += _HAEM_BASE[core] * (1 + 0.5 * mid)
-        haem *= self.h_gain * (1 + 0.1 * coarse)
-        eos *= self.e_gain
-        eos += (0.025 * grain) * (core > 0)
-        out = np.empty((h, w, 3), np.uint8)
-        for ch in range(3):
-            od = haem * self.h_vec[ch] + eos * self.e_vec[ch] + np.float32(_GLASS_OD)
-            v = np.exp(-od) * np.float32(255) + grain * np.float32(1.5)
-            np.clip(v, 0, 255, out=v)
-            out[:, :, ch] = v
-        return out
+            hn = self._nuclei(layer, lab, x0, y0, xw, yw)
+            if hn is not None:
+                np.maximum(haem, hn, out=haem)
+        haem *= tissue
+        # Cytoplasm and stroma: eosin, pushed aside by nuclei.
+        eos = _EOSIN_BASE.take(core)
+        eos *= 1 + _EOSIN_VAR.take(core) * mid + np.float32(0.15) * coarse
+        eos *= np.clip(1 - 0.45 * haem, 0.25, 1)
+        haem += _HAEM_BASE.take(core) * (1 + 0.5 * mid)
+        haem *= 1 + np.float32(0.1) * coarse
+        # Quantise (with grain as dither) and look the colours up.
+        g = grain * np.float32(0.35)
+        haem *= np.float32(_QSCALE)
+        haem += g
+        eos *= np.float32(_QSCALE)
+        eos += g
+        hi = np.clip(haem, 0, _HQ - 1).astype(np.intp)
+        ei = np.clip(eos, 0, _EQ - 1).astype(np.intp)
+        hi *= _EQ
+        hi += ei
+        rgba = self.lut.take(hi).view(np.uint8).reshape(h, w, 4)
+        return np.ascontiguousarray(rgba[:, :, :3])
 
 
 # --------------------------------------------------------------------------------------------

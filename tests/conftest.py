@@ -31,7 +31,8 @@ class People:
 
 @pytest.fixture(autouse=True)
 def _storage(settings, tmp_path):
-    """Every test writes slides and results under its own temporary folder."""
+    """Every test writes slides and results under its own temporary folder; fast password hashing."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.SLIDE_STORAGE_DIR = tmp_path / "storage" / "slides"
     settings.RESULTS_DIR = tmp_path / "storage" / "results"
     settings.SLIDE_STORAGE_DIR.mkdir(parents=True)

@@ -37,7 +37,9 @@ TILE_URL = re.compile(r"/api/slides/\d+/tiles/\d+/\d+/\d+\.jpg$")
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"
+    ),
     pytest.mark.skipif(
         not BUNDLE.exists(),
         reason="frontend/static/dist/viewer.js is not built (cd frontend && npm install && npm run build)",
@@ -49,7 +51,9 @@ pytestmark = [
 def browser():
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        chromium = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
         try:
             yield chromium
         finally:
@@ -64,9 +68,11 @@ def page(browser):
     console_errors: list[str] = []
     page.on(
         "console",
-        lambda msg: console_errors.append(f"{msg.text} [{msg.location.get('url', '')}]")
-        if msg.type == "error"
-        else None,
+        lambda msg: (
+            console_errors.append(f"{msg.text} [{msg.location.get('url', '')}]")
+            if msg.type == "error"
+            else None
+        ),
     )
     page.on("pageerror", lambda exc: console_errors.append(f"page error: {exc}"))
     page.console_errors = console_errors
@@ -83,7 +89,7 @@ def slide(transactional_db, people, case, tiny_tiff):
 
 
 class TileLog:
-    """Every tile response and failed tile request the page sees."""
+    """Every tile response and failed tile request (`/api/slides/<id>/tiles/…`) the page sees."""
 
     def __init__(self, page):
         self.responses: list[tuple[str, int, str]] = []
@@ -93,10 +99,13 @@ class TileLog:
 
     def _response(self, response):
         if TILE_URL.search(response.url.split("?")[0]):
-            self.responses.append((response.url, response.status, response.headers.get("content-type", "")))
+            self.responses.append(
+                (response.url, response.status, response.headers.get("content-type", ""))
+            )
 
     def _failed(self, request):
-        if "/api/slides/" in request.url:
+        # Only tiles: a case-page thumbnail may be aborted by navigating on to the viewer.
+        if TILE_URL.search(request.url.split("?")[0]):
             self.failed.append(f"{request.url}: {request.failure}")
 
 
@@ -162,7 +171,9 @@ CANVAS_STATS_JS = """() => {
 }"""
 
 
-def test_viewer_opens_slide_with_tiles_scale_bar_and_magnification(live_server, page, people, case, slide):
+def test_viewer_opens_slide_with_tiles_scale_bar_and_magnification(
+    live_server, page, people, case, slide
+):
     tiles = TileLog(page)
     open_viewer(page, live_server, people, case, slide)
 
@@ -234,7 +245,9 @@ def test_viewer_opens_slide_with_tiles_scale_bar_and_magnification(live_server, 
     assert not [e for e in page.console_errors if "favicon" not in e], page.console_errors
 
 
-def test_viewer_without_scale_hides_scale_bar_and_derives_magnification(live_server, page, people, case, slide):
+def test_viewer_without_scale_hides_scale_bar_and_derives_magnification(
+    live_server, page, people, case, slide
+):
     from slides.models import Slide
 
     # Magnification unknown but µm/px known: the readout derives it as 10 / mpp.
@@ -269,10 +282,14 @@ def test_viewer_shows_real_slide(live_server, page, people, case, transactional_
     open_viewer(page, live_server, people, case, slide)
 
     assert tiles.responses and not tiles.failed
-    assert all(status == 200 and ctype.startswith("image/jpeg") for _, status, ctype in tiles.responses)
+    assert all(
+        status == 200 and ctype.startswith("image/jpeg") for _, status, ctype in tiles.responses
+    )
     state = page.evaluate(VIEW_STATE_JS)
     assert state["tileErrors"] == 0
-    assert state["magText"] == f"{(slide.magnification or 10 / slide.mpp) * state['imageZoom']:.1f}×"
+    assert (
+        state["magText"] == f"{(slide.magnification or 10 / slide.mpp) * state['imageZoom']:.1f}×"
+    )
     assert state["scaleUm"] in {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000}
     # H&E on glass: varied, mostly light pixels.
     stats = page.evaluate(CANVAS_STATS_JS)

@@ -1,0 +1,26 @@
+"""`manage.py load_demo`: demo users, generated cases and the real CMU-1 slide (idempotent)."""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand
+
+from slides.demo import load_demo
+
+
+class Command(BaseCommand):
+    help = "Create demo users and load demo cases (generated slides, plus ../shared/data when present)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--size", type=int, default=6000, help="generated slide side in px")
+
+    def handle(self, *args, size: int, **options):
+        result = load_demo(size=size, progress=lambda msg: self.stdout.write(msg))
+        new = len(result.report.imported)
+        again = sum("already imported" in why for _r, _f, why in result.report.failed)
+        for _row, file, why in result.report.failed:
+            if "already imported" not in why:
+                self.stderr.write(f"FAILED {file}: {why}")
+        self.stdout.write(f"demo slides: {new} imported now, {again} already there")
+        self.stdout.write("demo logins (username / password / role):")
+        for username, password, role in result.users:
+            self.stdout.write(f"  {username} / {password} / {role}")
