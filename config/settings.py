@@ -119,7 +119,8 @@ MAX_UPLOAD_BYTES = env_int("NODESCOPE_MAX_UPLOAD_BYTES", 4 * 1024**3)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024**2
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024**2
 
-# Tiles
+# Tiles. A session's right to a slide is remembered this long, so hot tile requests need no query.
+TILE_PERMISSION_SECONDS = env_int("NODESCOPE_TILE_PERMISSION_SECONDS", 30)
 TILE_SOURCE_LRU_SIZE = env_int("NODESCOPE_TILE_SOURCE_LRU", 32)
 TILE_CACHE_SECONDS = env_int("NODESCOPE_TILE_CACHE_SECONDS", 3600)
 TILE_JPEG_QUALITY = env_int("NODESCOPE_TILE_JPEG_QUALITY", 85)
@@ -154,6 +155,7 @@ if CELERY_BROKER_URL.startswith("filesystem"):
         "data_folder_in": str(BROKER_DIR / "out"),
         "data_folder_out": str(BROKER_DIR / "out"),
         "processed_folder": str(BROKER_DIR / "processed"),
+        "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
     }
     if not CELERY_RESULT_BACKEND:

@@ -71,43 +71,63 @@ _IMMUNOBLAST = {"r": 4.0, "spread": 0.10, "elong": 0.3, "haem": 0.95, "ves": 1, 
 _CENTROBLAST = {"r": 4.6, "spread": 0.15, "elong": 0.35, "haem": 0.85, "ves": 1, "irr": 0.10, "tex": 0.25}
 _CENTROCYTE = {"r": 3.7, "spread": 0.12, "elong": 0.5, "haem": 1.25, "ves": 0, "irr": 0.28, "tex": 0.15}
 _HISTIOCYTE = {"r": 4.2, "spread": 0.15, "elong": 0.6, "haem": 0.6, "ves": 1, "irr": 0.10, "tex": 0.2}
-_TUMOUR_VESICULAR = {"r": 6.0, "spread": 0.35, "elong": 0.6, "haem": 1.1, "ves": 1, "irr": 0.35, "tex": 0.3}
+_TUMOUR_VESICULAR = {"r": 6.0, "spread": 0.35, "elong": 0.6, "haem": 1.1, "ves": 1, "irr": 0.25, "tex": 0.3}
 _TUMOUR_HYPERCHROMATIC = {**_TUMOUR_VESICULAR, "r": 5.6, "haem": 1.65, "ves": 0, "tex": 0.25}
 
-# Nucleus layers: a (warped) grid of cells, each holding at most one nucleus, drawn from a bank
-# of pre-rendered sprites. Per render label: presence probability and a mix of kinds.
+# Nucleus layers: each a (warped) grid of cells holding at most one nucleus, drawn from a bank of
+# pre-rendered sprites; per render label: presence probability and a mix of kinds. Cells are
+# larger than nuclei so that nuclei sit anywhere in them, and several layers of different cell
+# sizes overlap, so no lattice shows.
+_LYMPH_MIX = [(0.92, _LYMPHOCYTE), (0.08, _IMMUNOBLAST)]
+_GC_MIX = [(0.55, _CENTROBLAST), (0.45, _CENTROCYTE)]
+_TUMOUR_MIX = [(0.55, _TUMOUR_VESICULAR), (0.45, _TUMOUR_HYPERCHROMATIC)]
 _LAYERS = (
     {
-        "cell_um": 7.6,
-        CORTEX: (0.93, [(1.0, _LYMPHOCYTE)]),
+        "cell_um": 10.0,
+        CORTEX: (0.90, _LYMPH_MIX),
         SINUS: (0.10, [(1.0, _LYMPHOCYTE)]),
-        MANTLE: (0.97, [(1.0, _LYMPHOCYTE_DARK)]),
+        MANTLE: (0.95, [(1.0, _LYMPHOCYTE_DARK)]),
         GERMINAL: (0.22, [(1.0, _LYMPHOCYTE)]),
+        TUMOUR: (0.04, [(1.0, _LYMPHOCYTE)]),
+        CAPSULE: (0.16, [(1.0, _FIBROBLAST)]),
+    },
+    {
+        "cell_um": 11.3,
+        CORTEX: (0.85, _LYMPH_MIX),
+        SINUS: (0.06, [(1.0, _LYMPHOCYTE)]),
+        MANTLE: (0.92, [(1.0, _LYMPHOCYTE_DARK)]),
+        GERMINAL: (0.12, [(1.0, _LYMPHOCYTE)]),
         TUMOUR: (0.03, [(1.0, _LYMPHOCYTE)]),
         CAPSULE: (0.10, [(1.0, _FIBROBLAST)]),
     },
     {
-        "cell_um": 8.9,
-        CORTEX: (0.55, [(0.9, _LYMPHOCYTE), (0.1, _IMMUNOBLAST)]),
-        SINUS: (0.06, [(1.0, _LYMPHOCYTE)]),
-        MANTLE: (0.60, [(1.0, _LYMPHOCYTE_DARK)]),
+        "cell_um": 12.7,
+        CORTEX: (0.80, [(1.0, _LYMPHOCYTE)]),
+        SINUS: (0.05, [(1.0, _LYMPHOCYTE)]),
+        MANTLE: (0.90, [(1.0, _LYMPHOCYTE_DARK)]),
         GERMINAL: (0.08, [(1.0, _LYMPHOCYTE)]),
-        TUMOUR: (0.02, [(1.0, _LYMPHOCYTE)]),
-        CAPSULE: (0.04, [(1.0, _FIBROBLAST)]),
     },
     {
-        "cell_um": 11.0,
-        GERMINAL: (0.85, [(0.55, _CENTROBLAST), (0.45, _CENTROCYTE)]),
-        SINUS: (0.20, [(1.0, _HISTIOCYTE)]),
+        "cell_um": 13.3,
+        GERMINAL: (0.85, _GC_MIX),
+        SINUS: (0.25, [(1.0, _HISTIOCYTE)]),
     },
     {
-        "cell_um": 15.5,
-        TUMOUR: (0.97, [(0.55, _TUMOUR_VESICULAR), (0.45, _TUMOUR_HYPERCHROMATIC)]),
+        "cell_um": 14.9,
+        GERMINAL: (0.70, _GC_MIX),
+    },
+    {
+        "cell_um": 19.0,
+        TUMOUR: (0.95, _TUMOUR_MIX),
+    },
+    {
+        "cell_um": 22.3,
+        TUMOUR: (0.85, _TUMOUR_MIX),
     },
 )
 _VARIANTS = 128  # sprites per render label and layer
-_WARP_UM = 5.0  # how far the grids of cells are bent (breaks their regularity)
-_WARP_SPACING_UM = 18.0
+_WARP_UM = 3.5  # how far the grids of cells are bent (breaks their regularity)
+_WARP_SPACING_UM = 20.0
 
 
 @dataclass(frozen=True)
@@ -354,6 +374,20 @@ class _Shape:
             self.edges.append(e.astype(np.float64))
             bounds.append(poly.bounds)
         self.bounds = np.array(bounds, np.float64).reshape(-1, 4)
+        self.geom = geom
+        shapely.prepare(geom)
+
+    def coverage(self, x0: int, y0: int, w: int, h: int) -> int:
+        """0 if the level-0 rectangle misses the shape, 2 if the shape holds it whole, else 1."""
+        b = self.bounds
+        if not len(b) or not (
+            (b[:, 0] < x0 + w) & (b[:, 2] > x0) & (b[:, 1] < y0 + h) & (b[:, 3] > y0)
+        ).any():
+            return 0
+        rect = box(x0, y0, x0 + w, y0 + h)
+        if self.geom.contains(rect):
+            return 2
+        return 1 if self.geom.intersects(rect) else 0
 
     def fill(self, x0: int, y0: int, w: int, h: int, scale: float = 1.0) -> np.ndarray:
         """Boolean (h, w): pixel (i, j) is inside if ((x0+j+.5)*scale, (y0+i+.5)*scale) is."""
@@ -457,7 +491,11 @@ def _value_noise_at(x: np.ndarray, y: np.ndarray, spacing: float, salt: int) -> 
 
 
 def _sprites(rng: np.random.Generator, n: int, cell: int, kind: dict, mpp: float) -> np.ndarray:
-    """`n` cell-sized images (haematoxylin) of one kind of nucleus, each somewhere in its cell."""
+    """`n` images (haematoxylin) of one kind of nucleus, 2 cells wide, the cell in their middle.
+
+    The nucleus centre lies anywhere in the middle cell and the nucleus may spill half a cell
+    beyond it, so a grid of such cells shows no lattice.
+    """
     from scipy.ndimage import gaussian_filter
 
     half = cell / 2 - 0.5
@@ -469,9 +507,9 @@ def _sprites(rng: np.random.Generator, n: int, cell: int, kind: dict, mpp: float
     phase = rng.uniform(0, 2 * math.pi, (n, len(ks)))
     fit = np.minimum(1.0, half / np.maximum(a * (1 + amp.sum(1)), 1e-6))
     a, b = np.maximum(a * fit, 0.7), np.maximum(b * fit, 0.6)
-    ext = a * (1 + amp.sum(1))
-    cx = ext + rng.uniform(0, 1, n) * np.maximum(cell - 2 * ext, 0)
-    cy = ext + rng.uniform(0, 1, n) * np.maximum(cell - 2 * ext, 0)
+    cx = cell / 2 + rng.uniform(0, cell, n)
+    cy = cell / 2 + rng.uniform(0, cell, n)
+    cell = 2 * cell  # the canvas
     th = rng.uniform(0, math.pi, n)
     yy, xx = np.mgrid[0:cell, 0:cell] + 0.5
     dx = xx[None] - cx[:, None, None]
@@ -525,7 +563,7 @@ class _Layer:
                 if k:
                     bank.append(_sprites(rng, k, cell, kind, mpp))
             count += _VARIANTS
-        self.bank = np.concatenate(bank).reshape(-1)
+        self.bank = np.concatenate(bank)  # (sprites, cell, cell)
         self.salts = salts
 
 
@@ -536,13 +574,13 @@ class _Renderer:
         self.width, self.height, self.mpp, self.seed = width, height, mpp, seed
         # Paint order: later wins.
         self.paint = [
+            (CAPSULE, _Shape(geometry.tissue)),
+            (CORTEX, _Shape(geometry.capsule_inner)),
             (SINUS, _Shape(geometry.sinus)),
             (MANTLE, _Shape(geometry.follicle)),
             (GERMINAL, _Shape(geometry.germinal)),
             (TUMOUR, _Shape(geometry.tumour)),
         ]
-        self.tissue = _Shape(geometry.tissue)
-        self.inner = _Shape(geometry.capsule_inner)
         self.tissue_bounds = geometry.tissue.bounds
         rng = np.random.default_rng([seed, 7])
         self.layers = [
@@ -571,13 +609,12 @@ class _Renderer:
     def labels(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
         """Render labels of a level-0 rectangle (may reach outside the slide)."""
         lab = np.zeros((h, w), np.uint8)
-        tissue = self.tissue.fill(x0, y0, w, h)
-        if not tissue.any():
-            return lab
-        lab[tissue] = CORTEX
-        lab[tissue & ~self.inner.fill(x0, y0, w, h)] = CAPSULE
         for value, shape in self.paint:
-            lab[shape.fill(x0, y0, w, h)] = value
+            cover = shape.coverage(x0, y0, w, h)
+            if cover == 2:
+                lab.fill(value)
+            elif cover == 1:
+                np.copyto(lab, np.uint8(value), where=shape.fill(x0, y0, w, h))
         return lab
 
     def _grain(self, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -587,47 +624,31 @@ class _Renderer:
         oy, ox = int(rng.integers(0, gh - h + 1)), int(rng.integers(0, gw - w + 1))
         return self.grain[oy : oy + h, ox : ox + w]
 
-    def _nuclei(self, layer: _Layer, lab: np.ndarray, x0: int, y0: int, xw, yw) -> np.ndarray | None:
-        """Haematoxylin of one layer's nuclei over the chunk (None if it has none there).
-
-        `xw`, `yw` are the warped pixel positions relative to (x0 - margin, y0 - margin).
-        """
-        c, m, pad = layer.cell, self.margin, self.pad
-        h, w = xw.shape
-        ox, oy = x0 - m, y0 - m
-        gx0, gy0 = ox // c, oy // c
-        gx = np.arange(gx0, (x0 + w + m) // c + 1)
-        gy = np.arange(gy0, (y0 + h + m) // c + 1)
-        # Each cell takes the label found where its centre lands once unwarped.
-        ccx = (gx[None, :] + 0.5) * c
-        ccy = (gy[:, None] + 0.5) * c
-        ccx, ccy = np.broadcast_arrays(ccx, ccy)
+    def _nuclei(self, layer: _Layer, lab: np.ndarray, ox: int, oy: int, out: np.ndarray) -> None:
+        """Max one layer's nuclei (haematoxylin, unwarped) into `out`, whose origin is (ox, oy)."""
+        c, pad = layer.cell, self.pad
+        h2, w2 = out.shape
+        gx = np.arange(ox // c, (ox + w2 - 1) // c + 1)
+        gy = np.arange(oy // c, (oy + h2 - 1) // c + 1)
+        # Each cell takes the label found where its centre lands once warped.
+        ccx, ccy = np.broadcast_arrays((gx[None, :] + 0.5) * c, (gy[:, None] + 0.5) * c)
         wxc = _value_noise_at(ccx, ccy, self.warp_spacing, self.salts[4]) * self.warp
         wyc = _value_noise_at(ccx, ccy, self.warp_spacing, self.salts[5]) * self.warp
-        lx = np.clip(np.floor(ccx - wxc).astype(np.int64) - (x0 - pad), 0, lab.shape[1] - 1)
-        ly = np.clip(np.floor(ccy - wyc).astype(np.int64) - (y0 - pad), 0, lab.shape[0] - 1)
+        lab_x0 = ox + self.margin - pad
+        lab_y0 = oy + self.margin - pad
+        lx = np.clip(np.floor(ccx - wxc).astype(np.int64) - lab_x0, 0, lab.shape[1] - 1)
+        ly = np.clip(np.floor(ccy - wyc).astype(np.int64) - lab_y0, 0, lab.shape[0] - 1)
         cls = lab[ly, lx]
         u0 = _hash_uniform(gx[None, :], gy[:, None], layer.salts[0])
-        u1 = _hash_uniform(gx[None, :], gy[:, None], layer.salts[1])
         on = u0 < layer.present[cls]
         if not on.any():
-            return None
+            return
+        u1 = _hash_uniform(gx[None, :], gy[:, None], layer.salts[1])
         sprite = np.where(on, layer.first[cls] + (u1 * _VARIANTS).astype(np.int64), 0)
-        base = (sprite * (c * c)).reshape(-1)
-        # Pixel -> cell, and position inside the cell.
-        sx = xw + (ox - gx0 * c)
-        sy = yw + (oy - gy0 * c)
-        cix = sx // c
-        ciy = sy // c
-        sx -= cix * c
-        sy -= ciy * c
-        ciy *= len(gx)
-        ciy += cix
-        idx = base.take(ciy)
-        sy *= c
-        idx += sy
-        idx += sx
-        return layer.bank.take(idx)
+        blocks = layer.bank.take(sprite, axis=0)  # (ncy, ncx, c, c)
+        image = blocks.transpose(0, 2, 1, 3).reshape(len(gy) * c, len(gx) * c)
+        dy, dx = oy - gy[0] * c, ox - gx[0] * c
+        np.maximum(out, image[dy : dy + h2, dx : dx + w2], out=out)
 
     def render(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
         """The RGB uint8 pixels of the level-0 rectangle (x0, y0, w, h)."""
@@ -645,31 +666,29 @@ class _Renderer:
             return np.repeat(np.clip(v, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
 
         core = lab[pad : pad + h, pad : pad + w]
-        tissue = core > 0
         um, ns, m = self.um, self.salts, self.margin
+        # Nuclei, drawn on straight grids of cells, then sampled through a smooth warp.
+        w2, h2 = w + 2 * m, h + 2 * m
+        straight = np.zeros((h2, w2), np.float32)
+        for layer in self.layers:
+            self._nuclei(layer, lab, x0 - m, y0 - m, straight)
+        warp = np.float32(self.warp)
+        wx = _value_noise(x0, y0, w, h, self.warp_spacing, ns[4])
+        wx *= warp
+        wx += np.arange(w, dtype=np.float32) + np.float32(m + 0.5)
+        wy = _value_noise(x0, y0, w, h, self.warp_spacing, ns[5])
+        wy *= warp
+        wy += np.arange(h, dtype=np.float32)[:, None] + np.float32(m + 0.5)
+        idx = wy.astype(np.intp)
+        idx *= w2
+        idx += wx.astype(np.intp)
+        del wx, wy
+        haem = straight.reshape(-1).take(idx)
+        haem *= core > 0
+
         mid = _value_noise(x0, y0, w, h, 9 * um, ns[1])
         coarse = _value_noise(x0, y0, w, h, 250 * um, ns[2]) * np.float32(0.6)
         coarse += _value_noise(x0, y0, w, h, 60 * um, ns[3]) * np.float32(0.4)
-
-        # Warped positions (integer px, relative to the chunk origin minus the margin).
-        warp = np.float32(self.warp)
-        xs = np.arange(w, dtype=np.float32) + np.float32(m + 0.5)
-        ys = np.arange(h, dtype=np.float32)[:, None] + np.float32(m + 0.5)
-        wxf = _value_noise(x0, y0, w, h, self.warp_spacing, ns[4])
-        wxf *= warp
-        wxf += xs
-        wyf = _value_noise(x0, y0, w, h, self.warp_spacing, ns[5])
-        wyf *= warp
-        wyf += ys
-        xw, yw = wxf.astype(np.intp), wyf.astype(np.intp)
-        del wxf, wyf
-
-        haem = np.zeros((h, w), np.float32)
-        for layer in self.layers:
-            hn = self._nuclei(layer, lab, x0, y0, xw, yw)
-            if hn is not None:
-                np.maximum(haem, hn, out=haem)
-        haem *= tissue
         # Cytoplasm and stroma: eosin, pushed aside by nuclei.
         eos = _EOSIN_BASE.take(core)
         eos *= 1 + _EOSIN_VAR.take(core) * mid + np.float32(0.15) * coarse

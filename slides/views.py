@@ -7,11 +7,13 @@ serve cached bytes.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import uuid
 from pathlib import Path
 
 from django.conf import settings
+from django.core.cache import caches
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count, Prefetch
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -67,14 +69,37 @@ def health(_request: HttpRequest) -> JsonResponse:
 TILE_FIELDS = ("id", "checksum", "file_path", "width", "height", "levels", "tile_width", "tile_height")
 
 
-def _visible_slide(request: HttpRequest, pk: int, *fields: str) -> Slide | HttpResponse:
+def _credential(request: HttpRequest) -> str | None:
+    """The session key or API token a request carries (not yet checked)."""
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Token "):
+        return "t:" + auth[6:].strip()
+    key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+    return "s:" + key if key else None
+
+
+def _visible_slide(request: HttpRequest, pk: int) -> Slide | HttpResponse:
+    """The slide's tile fields if the requester may see it; 403 without login; 404 otherwise.
+
+    A granted (credential, slide) pair is remembered for TILE_PERMISSION_SECONDS, so the tiles of
+    a viewer session cost no database query at all after the first. Refusals are never cached.
+    """
+    credential = _credential(request)
+    cache = caches["default"]
+    cache_key = f"tileperm:{hashlib.sha256(f'{credential}:{pk}'.encode()).hexdigest()}" if credential else None
+    if cache_key:
+        fields = cache.get(cache_key)
+        if fields is not None:
+            return Slide(**fields)
     user = api_user(request)
     if user is None:
         return JsonResponse({"detail": "Authentication credentials were not provided."}, status=403)
-    slide = slides_for(user).only(*(fields or TILE_FIELDS)).filter(pk=pk).first()
-    if slide is None:
+    fields = slides_for(user).filter(pk=pk).values(*TILE_FIELDS).first()
+    if fields is None:
         raise Http404("No such slide")
-    return slide
+    if cache_key:
+        cache.set(cache_key, fields, settings.TILE_PERMISSION_SECONDS)
+    return Slide(**fields)
 
 
 def _private_cache(response: HttpResponse, etag: str) -> HttpResponse:
@@ -103,9 +128,12 @@ def slide_tile(request: HttpRequest, pk: int, z: int, x: int, y: int) -> HttpRes
 @require_GET
 def slide_tilesource(request: HttpRequest, pk: int) -> HttpResponse:
     """What OpenSeadragon needs to open the slide (size, tiles, scale)."""
-    slide = _visible_slide(request, pk, *TILE_FIELDS, "name", "mpp_x", "mpp_y", "magnification")
-    if isinstance(slide, HttpResponse):
-        return slide
+    user = api_user(request)
+    if user is None:
+        return JsonResponse({"detail": "Authentication credentials were not provided."}, status=403)
+    slide = slides_for(user).filter(pk=pk).first()
+    if slide is None:
+        raise Http404("No such slide")
     tile_url = reverse("slide-tile", args=[slide.pk, 0, 0, 0]).replace("/0/0/0.jpg", "/{z}/{x}/{y}.jpg")
     return JsonResponse(
         {
