@@ -56,10 +56,11 @@ _EOSIN = np.array([0.2159, 0.8012, 0.5581], np.float32)
 _GLASS_OD = 0.06  # about (240, 240, 240) where there is no tissue
 _QSCALE = 80  # colour table steps per unit optical density
 _HQ, _EQ = 320, 160  # colour table size (haematoxylin x eosin)
+_DITHER = 1.8  # uniform dither before quantisation, in colour-table steps: the pixel grain
 
 #                      BG    CORTEX SINUS MANTLE GERM  TUMOUR CAPSULE
-_EOSIN_BASE = np.array([0.0, 0.24, 0.20, 0.22, 0.34, 0.62, 0.85], np.float32)
-_EOSIN_VAR = np.array([0.0, 0.25, 0.70, 0.25, 0.30, 0.30, 0.30], np.float32)
+_EOSIN_BASE = np.array([0.0, 0.24, 0.30, 0.22, 0.34, 0.62, 0.85], np.float32)
+_EOSIN_VAR = np.array([0.0, 0.25, 0.60, 0.25, 0.30, 0.30, 0.30], np.float32)
 _HAEM_BASE = np.array([0.0, 0.15, 0.05, 0.15, 0.10, 0.10, 0.04], np.float32)
 
 # Kinds of nuclei (sizes in micrometres): mean radius, radius spread, elongation, haematoxylin,
@@ -83,46 +84,35 @@ _GC_MIX = [(0.55, _CENTROBLAST), (0.45, _CENTROCYTE)]
 _TUMOUR_MIX = [(0.55, _TUMOUR_VESICULAR), (0.45, _TUMOUR_HYPERCHROMATIC)]
 _LAYERS = (
     {
-        "cell_um": 10.0,
-        CORTEX: (0.90, _LYMPH_MIX),
-        SINUS: (0.10, [(1.0, _LYMPHOCYTE)]),
-        MANTLE: (0.95, [(1.0, _LYMPHOCYTE_DARK)]),
-        GERMINAL: (0.22, [(1.0, _LYMPHOCYTE)]),
-        TUMOUR: (0.04, [(1.0, _LYMPHOCYTE)]),
-        CAPSULE: (0.16, [(1.0, _FIBROBLAST)]),
+        "cell_um": 7.8,
+        CORTEX: (0.95, _LYMPH_MIX),
+        SINUS: (0.18, [(1.0, _LYMPHOCYTE)]),
+        MANTLE: (0.97, [(1.0, _LYMPHOCYTE_DARK)]),
+        GERMINAL: (0.25, [(1.0, _LYMPHOCYTE)]),
+        TUMOUR: (0.05, [(1.0, _LYMPHOCYTE)]),
+        CAPSULE: (0.18, [(1.0, _FIBROBLAST)]),
     },
     {
-        "cell_um": 11.3,
-        CORTEX: (0.85, _LYMPH_MIX),
-        SINUS: (0.06, [(1.0, _LYMPHOCYTE)]),
-        MANTLE: (0.92, [(1.0, _LYMPHOCYTE_DARK)]),
-        GERMINAL: (0.12, [(1.0, _LYMPHOCYTE)]),
-        TUMOUR: (0.03, [(1.0, _LYMPHOCYTE)]),
-        CAPSULE: (0.10, [(1.0, _FIBROBLAST)]),
-    },
-    {
-        "cell_um": 12.7,
-        CORTEX: (0.80, [(1.0, _LYMPHOCYTE)]),
+        "cell_um": 9.0,
+        CORTEX: (0.55, [(1.0, _LYMPHOCYTE)]),
         SINUS: (0.05, [(1.0, _LYMPHOCYTE)]),
-        MANTLE: (0.90, [(1.0, _LYMPHOCYTE_DARK)]),
-        GERMINAL: (0.08, [(1.0, _LYMPHOCYTE)]),
+        MANTLE: (0.70, [(1.0, _LYMPHOCYTE_DARK)]),
+        GERMINAL: (0.10, [(1.0, _LYMPHOCYTE)]),
+        CAPSULE: (0.08, [(1.0, _FIBROBLAST)]),
     },
     {
-        "cell_um": 13.3,
-        GERMINAL: (0.85, _GC_MIX),
-        SINUS: (0.25, [(1.0, _HISTIOCYTE)]),
+        "cell_um": 11.0,
+        GERMINAL: (0.90, _GC_MIX),
+        SINUS: (0.35, [(1.0, _HISTIOCYTE)]),
     },
     {
-        "cell_um": 14.9,
-        GERMINAL: (0.70, _GC_MIX),
+        "cell_um": 15.0,
+        TUMOUR: (0.97, _TUMOUR_MIX),
+        GERMINAL: (0.25, _GC_MIX),
     },
     {
         "cell_um": 19.0,
-        TUMOUR: (0.95, _TUMOUR_MIX),
-    },
-    {
-        "cell_um": 22.3,
-        TUMOUR: (0.85, _TUMOUR_MIX),
+        TUMOUR: (0.45, _TUMOUR_MIX),
     },
 )
 _VARIANTS = 128  # sprites per render label and layer
@@ -258,7 +248,7 @@ def _build_geometry(
             Polygon([(cx, cy), *zip(cx + big * np.cos(aa), cy + big * np.sin(aa), strict=True)])
         )
     sinus_parts = [band.intersection(unary_union(wedges))]
-    channel_w = px(35, 5, 0.022)
+    channel_w = px(70, 6, 0.03)
     for _ in range(int(rng.integers(4, 9))):
         heading = math.atan2(cy - hy, cx - hx) + rng.uniform(-0.9, 0.9)
         x, y = hx, hy
@@ -278,12 +268,9 @@ def _build_geometry(
     cortex = inner.buffer(-(sw + 0.9 * rf), quad_segs=4).difference(
         inner.buffer(-(sw + 3.2 * rf), quad_segs=4)
     )
-    cortex = cortex.difference(Polygon(
-        [(hx, hy), *((hx + 3 * mean_r * math.cos(a), hy + 3 * mean_r * math.sin(a))
-                      for a in np.linspace(hilum + math.pi - 0.5, hilum + math.pi + 0.5, 8))]
-    ))
+    cortex = cortex.difference(shapely.Point(hx, hy).buffer(0.6 * mean_r))  # medulla at the hilum
     if n_follicles is None:
-        n_follicles = int(np.clip(round(cortex.area / (math.pi * (2.4 * rf) ** 2)), 2, 30))
+        n_follicles = int(np.clip(round(cortex.area / (math.pi * (1.6 * rf) ** 2)), 2, 40))
     follicles, germinals, centres = [], [], []
     attempts = 0
     while len(follicles) < n_follicles and attempts < 400 * max(n_follicles, 1):
@@ -459,8 +446,20 @@ def _smooth(t: np.ndarray) -> np.ndarray:
     return t * t * (3 - 2 * t)
 
 
-def _value_noise(x0: int, y0: int, w: int, h: int, spacing: float, salt: int) -> np.ndarray:
-    """Smooth value noise in [-1, 1] over pixel centres of a rectangle; seamless across chunks."""
+def _value_noise(
+    x0: int, y0: int, w: int, h: int, spacing: float, salt: int, *, step: int = 1
+) -> np.ndarray:
+    """Smooth value noise in [-1, 1] over pixel centres of a rectangle; seamless across chunks.
+
+    With `step` > 1 it is computed at one point per step x step block (blocks aligned on
+    multiples of `step`) and repeated: for fields far smoother than a block.
+    """
+    if step > 1:
+        bx0, by0 = x0 // step, y0 // step
+        bw, bh = (x0 + w - 1) // step - bx0 + 1, (y0 + h - 1) // step - by0 + 1
+        small = _value_noise(bx0, by0, bw, bh, spacing / step, salt)
+        big = np.repeat(np.repeat(small, step, axis=0), step, axis=1)
+        return big[y0 - by0 * step : y0 - by0 * step + h, x0 - bx0 * step : x0 - bx0 * step + w]
     gx = (x0 + np.arange(w, dtype=np.float64) + 0.5) / spacing
     gy = (y0 + np.arange(h, dtype=np.float64) + 0.5) / spacing
     ix, iy = np.floor(gx).astype(np.int64), np.floor(gy).astype(np.int64)
@@ -502,7 +501,7 @@ def _sprites(rng: np.random.Generator, n: int, cell: int, kind: dict, mpp: float
     r = kind["r"] / mpp * (1 + kind["spread"] * rng.uniform(-1, 1, n))
     e = 1 + kind["elong"] * rng.uniform(0, 1, n)
     a, b = r * np.sqrt(e), r / np.sqrt(e)
-    ks = np.arange(2, 6)
+    ks = np.arange(2, 6)  # harmonics of the outline
     amp = kind["irr"] * rng.uniform(0.3, 1.0, (n, 1)) / ks**0.8 * rng.uniform(0.3, 1.0, (n, len(ks)))
     phase = rng.uniform(0, 2 * math.pi, (n, len(ks)))
     fit = np.minimum(1.0, half / np.maximum(a * (1 + amp.sum(1)), 1e-6))
@@ -511,17 +510,28 @@ def _sprites(rng: np.random.Generator, n: int, cell: int, kind: dict, mpp: float
     cy = cell / 2 + rng.uniform(0, cell, n)
     cell = 2 * cell  # the canvas
     th = rng.uniform(0, math.pi, n)
-    yy, xx = np.mgrid[0:cell, 0:cell] + 0.5
-    dx = xx[None] - cx[:, None, None]
-    dy = yy[None] - cy[:, None, None]
-    c, s = np.cos(th)[:, None, None], np.sin(th)[:, None, None]
-    u = (c * dx + s * dy) / a[:, None, None]
-    v = (-s * dx + c * dy) / b[:, None, None]
-    rho, phi = np.hypot(u, v), np.arctan2(v, u)
-    edge = 1 + (amp[:, :, None, None] * np.cos(ks[None, :, None, None] * phi[:, None] + phase[:, :, None, None])).sum(1)
+
+    def col(x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, np.float32)[:, None, None]
+
+    yy, xx = (np.mgrid[0:cell, 0:cell] + 0.5).astype(np.float32)
+    dx, dy = xx[None] - col(cx), yy[None] - col(cy)
+    c, s = col(np.cos(th)), col(np.sin(th))
+    u = (c * dx + s * dy) / col(a)
+    v = (-s * dx + c * dy) / col(b)
+    rho = np.hypot(u, v)
+    # Wavy outline: radius 1 + sum_k amp_k cos(k phi + phase_k), with z = e^(i phi).
+    z = (u + 1j * v) / np.maximum(rho, 1e-6)
+    zk = z.copy()
+    edge = np.ones_like(rho)
+    for j in range(len(ks)):  # k = 2, 3, 4, 5
+        zk *= z
+        rot = np.exp(1j * phase[:, j]).astype(np.complex64)[:, None, None]
+        edge += col(amp[:, j]) * (zk * rot).real
     d = rho / edge
-    alpha = np.clip((1 - d) * b[:, None, None] + 0.5, 0, 1)
-    grain = gaussian_filter(rng.standard_normal((n, cell, cell)), sigma=(0, 0.6 / mpp, 0.6 / mpp))
+    alpha = np.clip((1 - d) * col(b) + 0.5, 0, 1)
+    noise = rng.standard_normal((n, cell, cell), dtype=np.float32)
+    grain = gaussian_filter(noise, sigma=(0, 0.6 / mpp, 0.6 / mpp))
     grain /= grain.std() + 1e-9
     if kind["ves"]:
         profile = 0.42 + 0.58 * np.clip((d - 0.55) / 0.35, 0, 1) ** 2
@@ -532,11 +542,11 @@ def _sprites(rng: np.random.Generator, n: int, cell: int, kind: dict, mpp: float
             nx = cx + nr * a * np.cos(na)
             ny = cy + nr * b * np.sin(na)
             size = rng.uniform(0.45, 0.9, n) / mpp * (rng.uniform(0, 1, n) < 0.8)
-            dist2 = (xx[None] - nx[:, None, None]) ** 2 + (yy[None] - ny[:, None, None]) ** 2
-            profile = profile + 1.1 * np.exp(-dist2 / (2 * np.maximum(size, 1e-3)[:, None, None] ** 2))
+            dist2 = (xx[None] - col(nx)) ** 2 + (yy[None] - col(ny)) ** 2
+            profile = profile + 1.1 * np.exp(-dist2 / (2 * col(np.maximum(size, 1e-3)) ** 2))
     else:
         profile = 0.9 + 0.15 * np.clip(d, 0, 1)
-    gain = kind["haem"] * rng.uniform(0.85, 1.15, n)[:, None, None]
+    gain = kind["haem"] * col(rng.uniform(0.85, 1.15, n))
     out = gain * alpha * np.maximum(profile * (1 + kind["tex"] * grain), 0.1)
     return out.astype(np.float32)
 
@@ -545,10 +555,10 @@ class _Layer:
     """One grid of cells: its size in px and, per render label, sprites and presence."""
 
     def __init__(self, spec: dict, *, mpp: float, rng: np.random.Generator, salts: list[int]):
-        self.cell = cell = max(3, round(spec["cell_um"] / mpp))
+        self.cell = cell = max(4, 2 * round(spec["cell_um"] / mpp / 2))  # even
         self.present = np.zeros(_N_LABELS, np.float32)
         self.first = np.zeros(_N_LABELS, np.int64)  # first sprite of each label (0: the empty one)
-        bank = [np.zeros((1, cell, cell), np.float32)]
+        bank = [np.zeros((1, 2 * cell, 2 * cell), np.float32)]
         count = 1
         for label in range(1, _N_LABELS):
             if label not in spec:
@@ -563,7 +573,7 @@ class _Layer:
                 if k:
                     bank.append(_sprites(rng, k, cell, kind, mpp))
             count += _VARIANTS
-        self.bank = np.concatenate(bank)  # (sprites, cell, cell)
+        self.bank = np.concatenate(bank)  # (sprites, 2 cell, 2 cell)
         self.salts = salts
 
 
@@ -590,7 +600,7 @@ class _Renderer:
         self.warp = _WARP_UM / mpp
         self.warp_spacing = _WARP_SPACING_UM / mpp
         self.margin = int(math.ceil(self.warp)) + 1
-        self.pad = self.margin + max(layer.cell for layer in self.layers) + 2
+        self.pad = self.margin + 2 * max(layer.cell for layer in self.layers) + 2
         self.salts = [_salt(seed, 200 + k) for k in range(6)]
         self.um = 1.0 / mpp  # px per micrometre
         # Per-slide stain variation (as between labs and batches), baked into a colour table
@@ -603,8 +613,13 @@ class _Renderer:
         lut = np.zeros((_HQ, _EQ, 4), np.uint8)
         lut[..., :3] = np.clip(np.round(rgb), 0, 255)
         self.lut = lut.view(np.uint32).reshape(-1)
-        # A block of pixel grain, sampled at a random offset per chunk.
-        self.grain = np.random.default_rng([seed, 8]).standard_normal((512, 4096), dtype=np.float32)
+        for layer in self.layers:
+            layer.bank *= np.float32(_QSCALE)
+        self.eosin_base = (_EOSIN_BASE * _QSCALE).astype(np.float32)
+        self.haem_base = (_HAEM_BASE * _QSCALE).astype(np.float32)
+        # A block of dither (pixel grain), sampled at a random offset per chunk.
+        self.grain = np.random.default_rng([seed, 8]).uniform(0, _DITHER, (512, 4096))
+        self.grain = self.grain.astype(np.float32)
 
     def labels(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
         """Render labels of a level-0 rectangle (may reach outside the slide)."""
@@ -620,16 +635,17 @@ class _Renderer:
     def _grain(self, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         gh, gw = self.grain.shape
         if h > gh or w > gw:
-            return rng.standard_normal((h, w), dtype=np.float32)
+            return rng.uniform(0, _DITHER, (h, w)).astype(np.float32)
         oy, ox = int(rng.integers(0, gh - h + 1)), int(rng.integers(0, gw - w + 1))
         return self.grain[oy : oy + h, ox : ox + w]
 
     def _nuclei(self, layer: _Layer, lab: np.ndarray, ox: int, oy: int, out: np.ndarray) -> None:
         """Max one layer's nuclei (haematoxylin, unwarped) into `out`, whose origin is (ox, oy)."""
         c, pad = layer.cell, self.pad
+        half = c // 2
         h2, w2 = out.shape
-        gx = np.arange(ox // c, (ox + w2 - 1) // c + 1)
-        gy = np.arange(oy // c, (oy + h2 - 1) // c + 1)
+        gx = np.arange((ox - half) // c - 1, (ox + w2 + half) // c + 1)
+        gy = np.arange((oy - half) // c - 1, (oy + h2 + half) // c + 1)
         # Each cell takes the label found where its centre lands once warped.
         ccx, ccy = np.broadcast_arrays((gx[None, :] + 0.5) * c, (gy[:, None] + 0.5) * c)
         wxc = _value_noise_at(ccx, ccy, self.warp_spacing, self.salts[4]) * self.warp
@@ -645,15 +661,27 @@ class _Renderer:
             return
         u1 = _hash_uniform(gx[None, :], gy[:, None], layer.salts[1])
         sprite = np.where(on, layer.first[cls] + (u1 * _VARIANTS).astype(np.int64), 0)
-        blocks = layer.bank.take(sprite, axis=0)  # (ncy, ncx, c, c)
-        image = blocks.transpose(0, 2, 1, 3).reshape(len(gy) * c, len(gx) * c)
-        dy, dx = oy - gy[0] * c, ox - gx[0] * c
-        np.maximum(out, image[dy : dy + h2, dx : dx + w2], out=out)
+        # Sprites are two cells wide, so cells of one parity (every other row and column) tile
+        # the plane without overlapping: compose the four parities one after the other.
+        size = 2 * c
+        for jy in (0, 1):
+            for jx in (0, 1):
+                sub = sprite[jy::2, jx::2]
+                if not sub.any():
+                    continue
+                ny, nx = sub.shape
+                image = layer.bank.take(sub, axis=0).transpose(0, 2, 1, 3).reshape(ny * size, nx * size)
+                ix0, iy0 = gx[jx] * c - half - ox, gy[jy] * c - half - oy  # image origin in `out`
+                xa, xb = max(0, ix0), min(w2, ix0 + nx * size)
+                ya, yb = max(0, iy0), min(h2, iy0 + ny * size)
+                if xa < xb and ya < yb:
+                    region = out[ya:yb, xa:xb]
+                    np.maximum(region, image[ya - iy0 : yb - iy0, xa - ix0 : xb - ix0], out=region)
 
     def render(self, x0: int, y0: int, w: int, h: int) -> np.ndarray:
-        """The RGB uint8 pixels of the level-0 rectangle (x0, y0, w, h)."""
+        """The RGB uint8 pixels of the level-0 rectangle (x0, y0, w, h) (maybe a strided view)."""
         rng = np.random.default_rng([self.seed, 1, x0, y0])
-        grain = self._grain(rng, h, w)
+        dither = self._grain(rng, h, w)  # uniform in [0, _DITHER)
         bx0, by0, bx1, by1 = self.tissue_bounds
         pad = self.pad
         lab = None
@@ -661,9 +689,11 @@ class _Renderer:
             lab = self.labels(x0 - pad, y0 - pad, w + 2 * pad, h + 2 * pad)
             if not lab.any():
                 lab = None
-        if lab is None:
-            v = np.float32(255 * math.exp(-_GLASS_OD)) + grain * np.float32(1.2)
-            return np.repeat(np.clip(v, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+        if lab is None:  # glass only
+            q = dither.astype(np.intp)
+            idx = q * _EQ
+            idx += q
+            return self.lut.take(idx).view(np.uint8).reshape(h, w, 4)[:, :, :3]
 
         core = lab[pad : pad + h, pad : pad + w]
         um, ns, m = self.um, self.salts, self.margin
@@ -683,30 +713,39 @@ class _Renderer:
         idx *= w2
         idx += wx.astype(np.intp)
         del wx, wy
-        haem = straight.reshape(-1).take(idx)
+        haem = straight.reshape(-1).take(idx)  # in colour-table steps
         haem *= core > 0
 
         mid = _value_noise(x0, y0, w, h, 9 * um, ns[1])
-        coarse = _value_noise(x0, y0, w, h, 250 * um, ns[2]) * np.float32(0.6)
-        coarse += _value_noise(x0, y0, w, h, 60 * um, ns[3]) * np.float32(0.4)
+        coarse = _value_noise(x0, y0, w, h, 250 * um, ns[2], step=8) * np.float32(0.6)
+        coarse += _value_noise(x0, y0, w, h, 60 * um, ns[3], step=8) * np.float32(0.4)
         # Cytoplasm and stroma: eosin, pushed aside by nuclei.
-        eos = _EOSIN_BASE.take(core)
-        eos *= 1 + _EOSIN_VAR.take(core) * mid + np.float32(0.15) * coarse
-        eos *= np.clip(1 - 0.45 * haem, 0.25, 1)
-        haem += _HAEM_BASE.take(core) * (1 + 0.5 * mid)
-        haem *= 1 + np.float32(0.1) * coarse
-        # Quantise (with grain as dither) and look the colours up.
-        g = grain * np.float32(0.35)
-        haem *= np.float32(_QSCALE)
-        haem += g
-        eos *= np.float32(_QSCALE)
-        eos += g
-        hi = np.clip(haem, 0, _HQ - 1).astype(np.intp)
-        ei = np.clip(eos, 0, _EQ - 1).astype(np.intp)
-        hi *= _EQ
-        hi += ei
-        rgba = self.lut.take(hi).view(np.uint8).reshape(h, w, 4)
-        return np.ascontiguousarray(rgba[:, :, :3])
+        eos = self.eosin_base.take(core)
+        f = _EOSIN_VAR.take(core)
+        f *= mid
+        f += 1
+        f += np.float32(0.15) * coarse
+        eos *= f
+        np.multiply(haem, np.float32(-0.45 / _QSCALE), out=f)
+        f += 1
+        np.maximum(f, np.float32(0.25), out=f)
+        eos *= f
+        np.multiply(mid, np.float32(0.5), out=f)
+        f += 1
+        f *= self.haem_base.take(core)
+        haem += f
+        coarse *= np.float32(0.1)
+        coarse += 1
+        haem *= coarse
+        # Quantise (dithered) and look the colours up.
+        haem += dither
+        eos += dither
+        np.clip(haem, 0, _HQ - 1, out=haem)
+        np.clip(eos, 0, _EQ - 1, out=eos)
+        idx = haem.astype(np.intp)
+        idx *= _EQ
+        idx += eos.astype(np.intp)
+        return self.lut.take(idx).view(np.uint8).reshape(h, w, 4)[:, :, :3]
 
 
 # --------------------------------------------------------------------------------------------
@@ -722,10 +761,15 @@ def _level_shapes(width: int, height: int, tile: int) -> list[tuple[int, int]]:
 
 
 def _half(strip: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """2x2 box average of the top-left (2*rows, 2*cols) of `strip`."""
-    s = strip[: 2 * rows, : 2 * cols].astype(np.uint16)
-    s = s.reshape(rows, 2, cols, 2, 3).sum(axis=(1, 3))
-    return ((s + 2) >> 2).astype(np.uint8)
+    """2x2 box average (rounded) of the top-left (2*rows, 2*cols) of an RGB `strip`."""
+    v = strip[: 2 * rows, : 2 * cols].reshape(rows, 2, cols * 6)
+    pairs = v[:, 0].astype(np.uint16)
+    pairs += v[:, 1]
+    pairs = pairs.reshape(rows, cols, 2, 3)
+    out = pairs[:, :, 0] + pairs[:, :, 1]
+    out += 2
+    out >>= 2
+    return out.astype(np.uint8)
 
 
 def _buffer(shape: tuple[int, int, int], path: Path) -> np.ndarray:

@@ -1,0 +1,310 @@
+"""Creating, changing, deleting and restoring annotations, and importing them in bulk.
+
+Every change is one transaction that writes the row and one `AnnotationHistory` entry. Changes
+to an existing annotation are conditional updates (`UPDATE ... WHERE id = %s AND version = n`):
+if another writer got there first, no row matches, nothing is written, and `Conflict` carries
+the version that is there now. Two concurrent writers holding the same version can therefore
+never both win, whatever the isolation level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from slides.models import Slide
+
+from .geometry import (
+    REPAIR_METHODS,
+    CheckedGeometry,
+    InvalidAnnotation,
+    repair_geometry,
+    validate_geometry,
+    vertex_count,
+)
+from .models import Annotation, AnnotationHistory, AnnotationImport, LabelClass
+
+Action = AnnotationHistory.Action
+
+
+class Conflict(Exception):
+    """A write based on a stale version (or onto a deleted annotation); nothing was changed."""
+
+    def __init__(self, message: str, *, current_version: int, deleted: bool):
+        super().__init__(message)
+        self.current_version = current_version
+        self.deleted = deleted
+
+
+class ImportRefused(InvalidAnnotation):
+    """An import with at least one bad polygon; nothing was imported. `problems` names each one."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        super().__init__("; ".join(self.problems[:5]) + more)
+
+
+# ---- label classes ------------------------------------------------------------------------------
+
+
+def label_classes() -> dict[str, LabelClass]:
+    """Every label class by key."""
+    return {c.key: c for c in LabelClass.objects.all()}
+
+
+def resolve_label_class(value: object, *, classes: Mapping[str, LabelClass] | None = None) -> LabelClass:
+    """A label class by key, or by name (case-insensitive); `InvalidAnnotation` if unknown."""
+    classes = label_classes() if classes is None else classes
+    if isinstance(value, LabelClass):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text in classes:
+            return classes[text]
+        for cls in classes.values():
+            if text.casefold() in (cls.key.casefold(), cls.name.casefold()):
+                return cls
+    raise InvalidAnnotation(f"unknown label class {value!r}; known: {', '.join(sorted(classes))}")
+
+
+# ---- single annotations -------------------------------------------------------------------------
+
+
+def snapshot(annotation: Annotation) -> dict:
+    """The state a history entry records: class, geometry, deleted or not."""
+    return {
+        "label_class": annotation.label_class.key,
+        "geometry": annotation.geometry,
+        "deleted": annotation.deleted_at is not None,
+    }
+
+
+def _geometry_fields(checked: CheckedGeometry) -> dict:
+    min_x, min_y, max_x, max_y = checked.bounds
+    return {
+        "geometry": checked.geojson,
+        "min_x": min_x,
+        "min_y": min_y,
+        "max_x": max_x,
+        "max_y": max_y,
+        "vertex_count": checked.vertex_count,
+        "area_px": checked.area,
+    }
+
+
+def check_geometry(geometry: object, *, slide: Slide) -> CheckedGeometry:
+    return validate_geometry(geometry, width=slide.width, height=slide.height)
+
+
+def create_annotation(*, slide: Slide, user, geometry: object, label_class: object, name: str = "") -> Annotation:
+    """Validate and store one polygon, with its `create` history entry."""
+    cls = resolve_label_class(label_class)
+    checked = check_geometry(geometry, slide=slide)
+    with transaction.atomic():
+        annotation = Annotation.objects.create(
+            slide=slide, label_class=cls, author=_user(user), name=name, **_geometry_fields(checked)
+        )
+        AnnotationHistory.objects.create(
+            annotation=annotation, version=1, action=Action.CREATE, user=_user(user), after=snapshot(annotation)
+        )
+    return annotation
+
+
+def update_annotation(
+    *,
+    annotation: Annotation,
+    user,
+    expected_version: int,
+    geometry: object | None = None,
+    label_class: object | None = None,
+) -> Annotation:
+    """Change geometry and/or class, if the annotation is still at `expected_version`."""
+    if geometry is None and label_class is None:
+        raise InvalidAnnotation("nothing to change: give a geometry, a label class, or both")
+    cls = resolve_label_class(label_class) if label_class is not None else None
+    checked = check_geometry(geometry, slide=annotation.slide) if geometry is not None else None
+    changes: dict = {}
+    if cls is not None:
+        changes["label_class"] = cls
+    if checked is not None:
+        changes.update(_geometry_fields(checked))
+        changes["source_geometry"] = None  # the as-imported outline no longer describes this row
+    return _change(annotation=annotation, user=user, expected_version=expected_version, action=Action.UPDATE,
+                   changes=changes)
+
+
+def delete_annotation(*, annotation: Annotation, user, expected_version: int | None = None) -> Annotation:
+    """Soft-delete (the row stays, with its history); `expected_version` guards against stale deletes."""
+    return _change(annotation=annotation, user=user, expected_version=expected_version, action=Action.DELETE,
+                   changes={"deleted_at": timezone.now()})
+
+
+def restore_annotation(*, annotation: Annotation, user, expected_version: int | None = None) -> Annotation:
+    """Undo a soft delete."""
+    return _change(annotation=annotation, user=user, expected_version=expected_version, action=Action.RESTORE,
+                   changes={"deleted_at": None})
+
+
+def _current(pk: int) -> Annotation:
+    return Annotation.objects.select_related("label_class", "slide").get(pk=pk)
+
+
+def _change(*, annotation: Annotation, user, expected_version: int | None, action: str, changes: dict) -> Annotation:
+    with transaction.atomic():
+        current = _current(annotation.pk)
+        version = current.version if expected_version is None else expected_version
+        _refuse_if_stale(current, version, action)
+        before = snapshot(current)
+        updated = Annotation.objects.filter(pk=current.pk, version=version).update(
+            version=F("version") + 1, updated_at=timezone.now(), **changes
+        )
+        if updated != 1:
+            # Someone wrote between our read and our update; nothing of ours was written.
+            now = Annotation.objects.get(pk=current.pk)
+            raise Conflict(
+                f"annotation {current.pk} changed meanwhile (now version {now.version})",
+                current_version=now.version, deleted=now.deleted_at is not None,
+            )
+        fresh = _current(current.pk)
+        AnnotationHistory.objects.create(
+            annotation=fresh, version=fresh.version, action=action, user=_user(user), before=before,
+            after=snapshot(fresh),
+        )
+    return fresh
+
+
+def _refuse_if_stale(current: Annotation, version: int, action: str) -> None:
+    deleted = current.deleted_at is not None
+    if current.version != version:
+        raise Conflict(
+            f"annotation {current.pk} is at version {current.version}, not {version}: reload it and try again",
+            current_version=current.version, deleted=deleted,
+        )
+    if action in (Action.UPDATE, Action.DELETE) and deleted:
+        raise Conflict(f"annotation {current.pk} is deleted; restore it first", current_version=current.version,
+                       deleted=True)
+    if action == Action.RESTORE and not deleted:
+        raise Conflict(f"annotation {current.pk} is not deleted", current_version=current.version, deleted=False)
+
+
+def _user(user):
+    return user if user is not None and getattr(user, "is_authenticated", False) else None
+
+
+# ---- bulk import --------------------------------------------------------------------------------
+
+
+@dataclass
+class ParsedAnnotation:
+    """One polygon read from a file, not yet validated. `class_name` is the file's own word for it."""
+
+    name: str
+    class_name: str
+    geometry: dict
+    label_class: str | None = None  # resolved key, when the reader already knows it
+
+
+@dataclass
+class ImportResult:
+    record: AnnotationImport
+    annotations: list[Annotation] = field(default_factory=list)
+
+    @property
+    def repaired(self) -> list[dict]:
+        return self.record.repaired
+
+    @property
+    def dropped(self) -> list[dict]:
+        return self.record.dropped
+
+
+def import_annotations(
+    *,
+    slide: Slide,
+    user,
+    items: Iterable[ParsedAnnotation],
+    file_name: str,
+    format: str,  # noqa: A002 - the file format's name, as in the API
+    repair: str = "",
+) -> ImportResult:
+    """Validate every polygon, then store all of them in one transaction, or none.
+
+    Without `repair`, one bad polygon refuses the whole file (`ImportRefused` names each bad one).
+    With `repair="make_valid"`, invalid polygons (self-intersections) are repaired with shapely's
+    `make_valid`, their original outline kept in `source_geometry`, and polygons that cannot be an
+    area at all (fewer than 3 distinct vertices) are dropped into the import record's `dropped`
+    list with their coordinates; both lists are reported. Other problems still refuse the file.
+    """
+    if repair and repair not in REPAIR_METHODS:
+        raise InvalidAnnotation(f"unknown repair method {repair!r}; use one of {', '.join(REPAIR_METHODS)}")
+    items = list(items)
+    classes = label_classes()
+    rows: list[Annotation] = []
+    problems: list[str] = []
+    repaired: list[dict] = []
+    dropped: list[dict] = []
+    author = _user(user)
+    total_vertices = 0
+    for i, item in enumerate(items):
+        label = f"{item.name or 'polygon'} (#{i + 1}, {item.class_name or 'no class'})"
+        try:
+            count = _listed_vertices(item.geometry)
+            total_vertices += count
+            cls = resolve_label_class(item.label_class or item.class_name, classes=classes)
+            if repair:
+                try:
+                    checked, was_repaired = repair_geometry(item.geometry, width=slide.width, height=slide.height)
+                except InvalidAnnotation as exc:
+                    if "fewer than 3 distinct vertices" not in str(exc):
+                        raise
+                    dropped.append({"index": i, "name": item.name, "class": item.class_name, "reason": str(exc),
+                                    "vertex_count": count, "geometry": item.geometry})
+                    continue
+            else:
+                checked, was_repaired = check_geometry(item.geometry, slide=slide), False
+        except InvalidAnnotation as exc:
+            problems.append(f"{label}: {exc}")
+            continue
+        row = Annotation(slide=slide, label_class=cls, author=author, name=item.name[:255],
+                         **_geometry_fields(checked))
+        if was_repaired:
+            row.source_geometry = item.geometry
+            repaired.append({"index": i, "name": item.name, "source_vertex_count": count,
+                             "vertex_count": checked.vertex_count})
+        rows.append(row)
+    if problems:
+        raise ImportRefused(problems)
+    with transaction.atomic():
+        record = AnnotationImport.objects.create(
+            slide=slide, file_name=file_name[:255], format=format, repair=repair, imported_by=author,
+            polygon_count=len(items), vertex_count=total_vertices, repaired=repaired, dropped=dropped,
+        )
+        for row in rows:
+            row.source_import = record
+        created = Annotation.objects.bulk_create(rows, batch_size=500)
+        if any(row.pk is None for row in created):  # a backend that cannot return ids from bulk inserts
+            created = list(Annotation.objects.filter(source_import=record).order_by("id"))
+        AnnotationHistory.objects.bulk_create(
+            [
+                AnnotationHistory(
+                    annotation=row, version=1, action=Action.CREATE, user=author,
+                    after={"label_class": row.label_class.key, "geometry": row.geometry, "deleted": False},
+                )
+                for row in created
+            ],
+            batch_size=500,
+        )
+    return ImportResult(record=record, annotations=created)
+
+
+def _listed_vertices(geometry: object) -> int:
+    """Vertices as the file lists them (closing repeats not counted), for the import record."""
+    try:
+        return vertex_count(geometry)  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - malformed geometry; validation names the problem
+        return 0
