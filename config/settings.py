@@ -38,10 +38,12 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "drf_spectacular",
     "slides",
     "annotations",
     "inference",
     "review",
+    "audit",
 ]
 
 MIDDLEWARE = [
@@ -107,6 +109,7 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 STATIC_ROOT = VAR_DIR / "staticfiles"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise serves from finders until collectstatic
 STATICFILES_DIRS = [BASE_DIR / "frontend" / "static"]
 WHITENOISE_USE_FINDERS = True
 
@@ -176,10 +179,23 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
     "DEFAULT_THROTTLE_RATES": {"login": env_str("NODESCOPE_LOGIN_THROTTLE", "10/min")},
 }
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "NodeScope API",
+    "DESCRIPTION": "Cases, nodes, slides, annotations, models and review of lymph-node screening.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+}
+
+# Log-in throttling: this many failures per username and per client address in the window.
+LOGIN_FAILURE_LIMIT = env_int("NODESCOPE_LOGIN_FAILURE_LIMIT", 5)
+LOGIN_FAILURE_WINDOW_SECONDS = env_int("NODESCOPE_LOGIN_FAILURE_WINDOW", 300)
 
 LOGGING = {
     "version": 1,

@@ -8,7 +8,10 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from drf_spectacular.views import SpectacularAPIView
+
 from slides import urls as slide_urls
+from slides.auth import ThrottledLoginView
 from slides import views as slide_views
 
 api_urls = []
@@ -17,9 +20,10 @@ for app in ("annotations", "inference", "review"):
     if find_spec(f"{app}.urls") is not None:
         api_urls.append(path("", include(f"{app}.urls")))
 api_urls += slide_urls.api_urls
+api_urls.append(path("schema/", SpectacularAPIView.as_view(), name="api-schema"))
 
 urlpatterns = [
-    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("login/", ThrottledLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("health/", slide_views.health, name="health"),
     path("admin/", admin.site.urls),
