@@ -14,9 +14,11 @@ exclusive except "tissue", which covers the whole section: tumour wins over foll
 over sinus.
 
 Rendering model: every pixel gets a haematoxylin and an eosin concentration, turned into RGB by
-Beer-Lambert absorption (`255 * exp(-OD)`). Nuclei are ellipses placed on jittered grids of cells
-whose parameters come from a hash of the cell's global index, so each nucleus is drawn the same way
-whichever tile it falls in, and no tile needs its neighbours.
+Beer-Lambert absorption (`255 * exp(-OD)`, through a per-slide colour table). Nuclei are
+pre-rendered sprites (lymphocytes, centroblasts, histiocytes, pleomorphic tumour nuclei...) on
+several overlapping grids of cells, at most one per cell and anywhere in it, bent by a smooth warp.
+Which sprite a cell shows comes from a hash of the cell's global index and the region under it, so
+a nucleus is drawn the same whichever tile it falls in, and no tile needs its neighbours.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import shapely
@@ -63,22 +67,33 @@ _EOSIN_BASE = np.array([0.0, 0.24, 0.30, 0.22, 0.34, 0.62, 0.85], np.float32)
 _EOSIN_VAR = np.array([0.0, 0.25, 0.60, 0.25, 0.30, 0.30, 0.30], np.float32)
 _HAEM_BASE = np.array([0.0, 0.15, 0.05, 0.15, 0.10, 0.10, 0.04], np.float32)
 
-# Kinds of nuclei (sizes in micrometres): mean radius, radius spread, elongation, haematoxylin,
-# vesicular (pale centre, dark rim, nucleolus) or not, outline irregularity, chromatin texture.
-_LYMPHOCYTE = {"r": 3.2, "spread": 0.12, "elong": 0.25, "haem": 1.6, "ves": 0, "irr": 0.06, "tex": 0.12}
-_LYMPHOCYTE_DARK = {**_LYMPHOCYTE, "haem": 1.75}
-_FIBROBLAST = {"r": 2.4, "spread": 0.15, "elong": 3.5, "haem": 1.2, "ves": 0, "irr": 0.05, "tex": 0.1}
-_IMMUNOBLAST = {"r": 4.0, "spread": 0.10, "elong": 0.3, "haem": 0.95, "ves": 1, "irr": 0.06, "tex": 0.2}
-_CENTROBLAST = {"r": 4.6, "spread": 0.15, "elong": 0.35, "haem": 0.85, "ves": 1, "irr": 0.10, "tex": 0.25}
-_CENTROCYTE = {"r": 3.7, "spread": 0.12, "elong": 0.5, "haem": 1.25, "ves": 0, "irr": 0.28, "tex": 0.15}
-_HISTIOCYTE = {"r": 4.2, "spread": 0.15, "elong": 0.6, "haem": 0.6, "ves": 1, "irr": 0.10, "tex": 0.2}
-_TUMOUR_VESICULAR = {"r": 6.0, "spread": 0.35, "elong": 0.6, "haem": 1.1, "ves": 1, "irr": 0.25, "tex": 0.3}
-_TUMOUR_HYPERCHROMATIC = {**_TUMOUR_VESICULAR, "r": 5.6, "haem": 1.65, "ves": 0, "tex": 0.25}
+
+class _Kind(NamedTuple):
+    """A kind of nucleus (sizes in micrometres)."""
+
+    r: float  # mean radius
+    spread: float  # relative spread of the radius
+    elong: float  # up to 1 + elong times longer than wide
+    haem: float  # haematoxylin density
+    vesicular: bool  # pale centre, dark rim, nucleoli (else solid)
+    irregular: float  # outline irregularity
+    texture: float  # chromatin texture
+
+
+_LYMPHOCYTE = _Kind(3.2, 0.12, 0.25, 1.6, False, 0.06, 0.12)
+_LYMPHOCYTE_DARK = _LYMPHOCYTE._replace(haem=1.75)
+_FIBROBLAST = _Kind(2.4, 0.15, 3.5, 1.2, False, 0.05, 0.10)
+_IMMUNOBLAST = _Kind(4.0, 0.10, 0.30, 0.95, True, 0.06, 0.20)
+_CENTROBLAST = _Kind(4.6, 0.15, 0.35, 0.85, True, 0.10, 0.25)
+_CENTROCYTE = _Kind(3.7, 0.12, 0.50, 1.25, False, 0.28, 0.15)
+_HISTIOCYTE = _Kind(4.2, 0.15, 0.60, 0.60, True, 0.10, 0.20)
+_TUMOUR_VESICULAR = _Kind(6.0, 0.35, 0.60, 1.10, True, 0.25, 0.30)
+_TUMOUR_HYPERCHROMATIC = _TUMOUR_VESICULAR._replace(r=5.6, haem=1.65, vesicular=False, texture=0.25)
 
 # Nucleus layers: each a (warped) grid of cells holding at most one nucleus, drawn from a bank of
-# pre-rendered sprites; per render label: presence probability and a mix of kinds. Cells are
-# larger than nuclei so that nuclei sit anywhere in them, and several layers of different cell
-# sizes overlap, so no lattice shows.
+# pre-rendered sprites; per render label: presence probability and a mix of kinds. A nucleus sits
+# anywhere in its cell (its sprite is two cells wide) and layers of different cell sizes overlap,
+# so no lattice shows.
 _LYMPH_MIX = [(0.92, _LYMPHOCYTE), (0.08, _IMMUNOBLAST)]
 _GC_MIX = [(0.55, _CENTROBLAST), (0.45, _CENTROCYTE)]
 _TUMOUR_MIX = [(0.55, _TUMOUR_VESICULAR), (0.45, _TUMOUR_HYPERCHROMATIC)]
@@ -118,6 +133,7 @@ _LAYERS = (
 _VARIANTS = 128  # sprites per render label and layer
 _WARP_UM = 3.5  # how far the grids of cells are bent (breaks their regularity)
 _WARP_SPACING_UM = 20.0
+_IN_MEMORY_BYTES = 64 * 2**20  # reduced levels larger than this go through a memory-mapped file
 
 
 @dataclass(frozen=True)
@@ -186,7 +202,9 @@ def _blob(
     return poly if poly.is_valid else poly.buffer(0)
 
 
-def _random_point_in(rng: np.random.Generator, area, tries: int = 256) -> tuple[float, float] | None:
+def _random_point_in(
+    rng: np.random.Generator, area, tries: int = 256
+) -> tuple[float, float] | None:
     """A uniformly random point inside `area`, or None if `tries` samples all miss."""
     if area.is_empty:
         return None
@@ -291,8 +309,16 @@ def _build_geometry(
         gx = p[0] + 0.12 * r_i * (cx - p[0]) / d
         gy = p[1] + 0.12 * r_i * (cy - p[1]) / d
         germinals.append(
-            _blob(rng, gx, gy, 0.66 * r_i * rng.uniform(1.0, 1.2), 0.66 * r_i, angle=angle,
-                  amp=0.08, kmax=5)
+            _blob(
+                rng,
+                gx,
+                gy,
+                0.66 * r_i * rng.uniform(1.0, 1.2),
+                0.66 * r_i,
+                angle=angle,
+                amp=0.08,
+                kmax=5,
+            )
         )
     follicle_all = unary_union(follicles).intersection(inner) if follicles else Polygon()
 
@@ -315,22 +341,54 @@ def _build_geometry(
                     break
             if p is None:
                 continue
-            parts = [_blob(rng, p[0], p[1], rt * rng.uniform(0.8, 1.2), rt, angle=rng.uniform(0, 6.3),
-                           amp=0.22, kmax=9)]
+            parts = [
+                _blob(
+                    rng,
+                    p[0],
+                    p[1],
+                    rt * rng.uniform(0.8, 1.2),
+                    rt,
+                    angle=rng.uniform(0, 6.3),
+                    amp=0.22,
+                    kmax=9,
+                )
+            ]
             for _ in range(int(rng.integers(0, 4))):  # lobes on the rim
                 a = rng.uniform(0, 2 * math.pi)
                 rl = rt * rng.uniform(0.3, 0.6)
-                parts.append(_blob(rng, p[0] + 0.8 * rt * math.cos(a), p[1] + 0.8 * rt * math.sin(a),
-                                   rl, rl * rng.uniform(0.7, 1.0), angle=a, amp=0.2, kmax=7))
+                parts.append(
+                    _blob(
+                        rng,
+                        p[0] + 0.8 * rt * math.cos(a),
+                        p[1] + 0.8 * rt * math.sin(a),
+                        rl,
+                        rl * rng.uniform(0.7, 1.0),
+                        angle=a,
+                        amp=0.2,
+                        kmax=7,
+                    )
+                )
             for _ in range(int(rng.integers(0, 5))):  # small satellite clusters
                 a = rng.uniform(0, 2 * math.pi)
                 rs = rt * rng.uniform(0.08, 0.2)
                 dd = rt * rng.uniform(1.3, 1.9)
-                parts.append(_blob(rng, p[0] + dd * math.cos(a), p[1] + dd * math.sin(a),
-                                   rs, rs, angle=0.0, amp=0.25, kmax=5, n=32))
+                parts.append(
+                    _blob(
+                        rng,
+                        p[0] + dd * math.cos(a),
+                        p[1] + dd * math.sin(a),
+                        rs,
+                        rs,
+                        angle=0.0,
+                        amp=0.25,
+                        kmax=5,
+                        n=32,
+                    )
+                )
             nests.append(unary_union(parts))
     tumour_all = unary_union(nests).intersection(inner) if nests else Polygon()
 
+    # Exclusive classes: tumour over follicle over sinus.
     tumour_g = _multi(tumour_all)
     follicle_g = _multi(follicle_all.difference(tumour_all))
     germinal_g = _multi(unary_union(germinals).intersection(follicle_g) if germinals else None)
@@ -356,25 +414,30 @@ class _Shape:
         self.edges: list[np.ndarray] = []
         bounds = []
         for poly in _polygons(geom):
-            rings = [np.asarray(poly.exterior.coords)] + [np.asarray(i.coords) for i in poly.interiors]
+            rings = [np.asarray(poly.exterior.coords)] + [
+                np.asarray(i.coords) for i in poly.interiors
+            ]
             e = np.concatenate([np.column_stack([r[:-1], r[1:]]) for r in rings])
             self.edges.append(e.astype(np.float64))
             bounds.append(poly.bounds)
         self.bounds = np.array(bounds, np.float64).reshape(-1, 4)
         self.geom = geom
+        self.lock = threading.Lock()
         shapely.prepare(geom)
 
     def coverage(self, x0: int, y0: int, w: int, h: int) -> int:
         """0 if the level-0 rectangle misses the shape, 2 if the shape holds it whole, else 1."""
         b = self.bounds
-        if not len(b) or not (
-            (b[:, 0] < x0 + w) & (b[:, 2] > x0) & (b[:, 1] < y0 + h) & (b[:, 3] > y0)
-        ).any():
+        if (
+            not len(b)
+            or not ((b[:, 0] < x0 + w) & (b[:, 2] > x0) & (b[:, 1] < y0 + h) & (b[:, 3] > y0)).any()
+        ):
             return 0
         rect = box(x0, y0, x0 + w, y0 + h)
-        if self.geom.contains(rect):
-            return 2
-        return 1 if self.geom.intersects(rect) else 0
+        with self.lock:  # GEOS builds a prepared geometry's index lazily: not from two threads
+            if self.geom.contains(rect):
+                return 2
+            return 1 if self.geom.intersects(rect) else 0
 
     def fill(self, x0: int, y0: int, w: int, h: int, scale: float = 1.0) -> np.ndarray:
         """Boolean (h, w): pixel (i, j) is inside if ((x0+j+.5)*scale, (y0+i+.5)*scale) is."""
@@ -387,12 +450,12 @@ class _Shape:
         if not hit.any():
             return out
         edges = np.concatenate([self.edges[i] for i in np.flatnonzero(hit)])
-        step = max(16, min(h, 4_000_000 // max(len(edges), 1)))
+        lo = np.minimum(edges[:, 1], edges[:, 3])
+        hi = np.maximum(edges[:, 1], edges[:, 3])
+        step = max(1, min(h, 4_000_000 // len(edges)))
         for r0 in range(0, h, step):
             r1 = min(h, r0 + step)
             yc = (y0 + np.arange(r0, r1) + 0.5) * scale
-            lo = np.minimum(edges[:, 1], edges[:, 3])
-            hi = np.maximum(edges[:, 1], edges[:, 3])
             e = edges[(hi > yc[0]) & (lo <= yc[-1])]
             if not len(e):
                 continue
@@ -403,8 +466,12 @@ class _Shape:
                 continue
             xi = ex1[idx] + (yc[rows] - ey1[idx]) * (ex2[idx] - ex1[idx]) / (ey2[idx] - ey1[idx])
             col = np.clip(np.ceil(xi / scale - x0 - 0.5), 0, w).astype(np.int64)
-            acc = np.bincount(rows * (w + 1) + col, minlength=(r1 - r0) * (w + 1))
-            out[r0:r1] = (np.cumsum(acc.reshape(r1 - r0, w + 1), axis=1)[:, :w] & 1).astype(bool)
+            # Even-odd along the flattened rows: every crossing toggles inside/outside, and each
+            # row holds an even number of them, so runs alternate outside, inside, outside...
+            toggles = np.sort(rows * w + col)
+            runs = np.diff(toggles, prepend=0, append=(r1 - r0) * w)
+            inside = (np.arange(len(runs)) & 1).astype(bool)
+            out[r0:r1] = np.repeat(inside, runs).reshape(r1 - r0, w)
         return out
 
 
@@ -489,7 +556,7 @@ def _value_noise_at(x: np.ndarray, y: np.ndarray, spacing: float, salt: int) -> 
     return top * (1 - ty) + bottom * ty
 
 
-def _sprites(rng: np.random.Generator, n: int, cell: int, kind: dict, mpp: float) -> np.ndarray:
+def _sprites(rng: np.random.Generator, n: int, cell: int, kind: _Kind, mpp: float) -> np.ndarray:
     """`n` images (haematoxylin) of one kind of nucleus, 2 cells wide, the cell in their middle.
 
     The nucleus centre lies anywhere in the middle cell and the nucleus may spill half a cell
@@ -498,11 +565,16 @@ def _sprites(rng: np.random.Generator, n: int, cell: int, kind: dict, mpp: float
     from scipy.ndimage import gaussian_filter
 
     half = cell / 2 - 0.5
-    r = kind["r"] / mpp * (1 + kind["spread"] * rng.uniform(-1, 1, n))
-    e = 1 + kind["elong"] * rng.uniform(0, 1, n)
+    r = kind.r / mpp * (1 + kind.spread * rng.uniform(-1, 1, n))
+    e = 1 + kind.elong * rng.uniform(0, 1, n)
     a, b = r * np.sqrt(e), r / np.sqrt(e)
     ks = np.arange(2, 6)  # harmonics of the outline
-    amp = kind["irr"] * rng.uniform(0.3, 1.0, (n, 1)) / ks**0.8 * rng.uniform(0.3, 1.0, (n, len(ks)))
+    amp = (
+        kind.irregular
+        * rng.uniform(0.3, 1.0, (n, 1))
+        / ks**0.8
+        * rng.uniform(0.3, 1.0, (n, len(ks)))
+    )
     phase = rng.uniform(0, 2 * math.pi, (n, len(ks)))
     fit = np.minimum(1.0, half / np.maximum(a * (1 + amp.sum(1)), 1e-6))
     a, b = np.maximum(a * fit, 0.7), np.maximum(b * fit, 0.6)
@@ -533,7 +605,7 @@ def _sprites(rng: np.random.Generator, n: int, cell: int, kind: dict, mpp: float
     noise = rng.standard_normal((n, cell, cell), dtype=np.float32)
     grain = gaussian_filter(noise, sigma=(0, 0.6 / mpp, 0.6 / mpp))
     grain /= grain.std() + 1e-9
-    if kind["ves"]:
+    if kind.vesicular:
         profile = 0.42 + 0.58 * np.clip((d - 0.55) / 0.35, 0, 1) ** 2
         # One or two nucleoli, off centre.
         for _ in range(2):
@@ -546,8 +618,8 @@ def _sprites(rng: np.random.Generator, n: int, cell: int, kind: dict, mpp: float
             profile = profile + 1.1 * np.exp(-dist2 / (2 * col(np.maximum(size, 1e-3)) ** 2))
     else:
         profile = 0.9 + 0.15 * np.clip(d, 0, 1)
-    gain = kind["haem"] * col(rng.uniform(0.85, 1.15, n))
-    out = gain * alpha * np.maximum(profile * (1 + kind["tex"] * grain), 0.1)
+    gain = kind.haem * col(rng.uniform(0.85, 1.15, n))
+    out = gain * alpha * np.maximum(profile * (1 + kind.texture * grain), 0.1)
     return out.astype(np.float32)
 
 
@@ -670,7 +742,9 @@ class _Renderer:
                 if not sub.any():
                     continue
                 ny, nx = sub.shape
-                image = layer.bank.take(sub, axis=0).transpose(0, 2, 1, 3).reshape(ny * size, nx * size)
+                image = (
+                    layer.bank.take(sub, axis=0).transpose(0, 2, 1, 3).reshape(ny * size, nx * size)
+                )
                 ix0, iy0 = gx[jx] * c - half - ox, gy[jy] * c - half - oy  # image origin in `out`
                 xa, xb = max(0, ix0), min(w2, ix0 + nx * size)
                 ya, yb = max(0, iy0), min(h2, iy0 + ny * size)
@@ -700,8 +774,10 @@ class _Renderer:
         # Nuclei, drawn on straight grids of cells, then sampled through a smooth warp.
         w2, h2 = w + 2 * m, h + 2 * m
         straight = np.zeros((h2, w2), np.float32)
+        here = np.flatnonzero(np.bincount(lab.reshape(-1), minlength=_N_LABELS))
         for layer in self.layers:
-            self._nuclei(layer, lab, x0 - m, y0 - m, straight)
+            if layer.present[here].any():
+                self._nuclei(layer, lab, x0 - m, y0 - m, straight)
         warp = np.float32(self.warp)
         wx = _value_noise(x0, y0, w, h, self.warp_spacing, ns[4])
         wx *= warp
@@ -716,7 +792,10 @@ class _Renderer:
         haem = straight.reshape(-1).take(idx)  # in colour-table steps
         haem *= core > 0
 
-        mid = _value_noise(x0, y0, w, h, 9 * um, ns[1])
+        # Cytoplasm texture: two octaves at unrelated spacings hide the noise lattice.
+        mid = _value_noise(x0, y0, w, h, 9.3 * um, ns[1])
+        mid *= np.float32(0.6)
+        mid += np.float32(0.4) * _value_noise(x0, y0, w, h, 4.1 * um, ns[0])
         coarse = _value_noise(x0, y0, w, h, 250 * um, ns[2], step=8) * np.float32(0.6)
         coarse += _value_noise(x0, y0, w, h, 60 * um, ns[3], step=8) * np.float32(0.4)
         # Cytoplasm and stroma: eosin, pushed aside by nuclei.
@@ -773,7 +852,8 @@ def _half(strip: np.ndarray, rows: int, cols: int) -> np.ndarray:
 
 
 def _buffer(shape: tuple[int, int, int], path: Path) -> np.ndarray:
-    if math.prod(shape) <= 64 * 2**20:
+    """An RGB level buffer: in memory when small, else a temporary memory-mapped file."""
+    if math.prod(shape) <= _IN_MEMORY_BYTES:
         return np.empty(shape, np.uint8)
     return np.memmap(path, dtype=np.uint8, mode="w+", shape=shape)
 
@@ -789,8 +869,12 @@ def _write_masks(
     }
     with open(masks_path, "wb") as fh:
         np.savez_compressed(
-            fh, **arrays, downsample=np.int64(ds), width=np.int64(width),
-            height=np.int64(height), mpp=np.float64(mpp),
+            fh,
+            **arrays,
+            downsample=np.int64(ds),
+            width=np.int64(width),
+            height=np.int64(height),
+            mpp=np.float64(mpp),
         )
 
 
@@ -848,9 +932,13 @@ def generate_slide(
 ) -> SyntheticSlide:
     """Write a synthetic pyramidal JPEG TIFF lymph-node slide at `path`, with its ground truth.
 
-    Deterministic for a given seed and arguments. `workers` threads render and encode tiles
-    (default: the CPU count, at most 8). Memory stays bounded: level 0 is streamed tile row by tile
-    row, and the reduced levels go through temporary memory-mapped files beside `path`.
+    `tumour=False` gives a negative node (still with follicles, the hard negatives);
+    `n_follicles` / `n_tumour_nests` default to counts that suit the size. The masks
+    (`load_masks`) are at 1/`mask_downsample`; `progress(done, total)` counts tiles over all
+    levels. Deterministic for a given seed and arguments (whatever `workers`: the threads that
+    render and encode tiles; default the CPU count, at most 8). Memory stays bounded: level 0 is
+    streamed tile row by tile row, and large reduced levels go through temporary memory-mapped
+    files beside `path`, removed afterwards.
     """
     if width < 64 or height < 64:
         raise ValueError("a synthetic slide needs at least 64 x 64 px")
@@ -866,8 +954,13 @@ def generate_slide(
     workers = workers or min(8, os.cpu_count() or 1)
 
     geometry = _build_geometry(
-        np.random.default_rng(seed), width=width, height=height, mpp=mpp, tumour=tumour,
-        n_follicles=n_follicles, n_tumour_nests=n_tumour_nests,
+        np.random.default_rng(seed),
+        width=width,
+        height=height,
+        mpp=mpp,
+        tumour=tumour,
+        n_follicles=n_follicles,
+        n_tumour_nests=n_tumour_nests,
     )
     _write_masks(geometry, masks_path, width=width, height=height, mpp=mpp, ds=mask_downsample)
     _write_regions(geometry, regions_path, width=width, height=height, mpp=mpp)
@@ -883,7 +976,7 @@ def generate_slide(
     def tick() -> None:
         nonlocal done
         done += 1
-        if progress is not None and (done % 64 == 0 or done == total):
+        if progress is not None and (done % 16 == 0 or done == total):
             progress(done, total)
 
     def render_strip(y0: int) -> np.ndarray:
@@ -956,6 +1049,7 @@ def generate_slide(
                     description=description if level == 0 else None,
                     metadata=None,
                     maxworkers=workers,
+                    buffersize=32 * 2**20,  # tiles held for encoding at once
                 )
                 prev = nxt
     finally:
