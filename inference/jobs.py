@@ -1,0 +1,293 @@
+"""Training jobs: launch a run, execute it on a worker, promote the resulting model.
+
+`execute_training_run` is what the Celery task calls. It claims the run, trains with
+`inference.training.train` (checkpoint every epoch under RESULTS_DIR/training/run-<id>/, resumed
+after a killed worker), writes progress and a heartbeat as it goes, and on success creates the
+ModelVersion with its weights copied atomically to RESULTS_DIR/models/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from audit.log import record
+
+from .records import ModelVersion, Stage, TrainingRun
+from .training import TrainingCancelled, TrainingProgress, TrainingRecipe, train
+
+ARCHITECTURES = ("mobilenetv2", "resnet18")
+PROGRESS_EVERY_S = 1.0
+CANCEL_POLL_EVERY_S = 2.0
+
+
+class TrainingRequestError(ValueError):
+    """A launch request that cannot run (unknown architecture, bad dataset, bad recipe)."""
+
+
+@dataclass
+class LoadedDataset:
+    train: Any
+    val: Any
+    content_hash: str
+    summary: dict[str, Any]
+
+
+# ---- datasets ----------------------------------------------------------------------------------
+
+
+def _hash_files(paths: list[Path], root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def load_dataset(source: dict[str, Any]) -> LoadedDataset:
+    """Open the dataset a run names and split it (by group when groups are known)."""
+    from .datasets import ArrayPatchDataset, ImageFolderPatchDataset, split_indices
+
+    kind = source.get("kind")
+    seed = int(source.get("seed", 0))
+    val_fraction = float(source.get("val_fraction", 0.3))
+    if kind == "image-folder":
+        root = Path(source.get("path", ""))
+        if not root.is_dir():
+            raise TrainingRequestError(f"image folder {root} does not exist")
+        csv_path = source.get("csv")
+        dataset = ImageFolderPatchDataset(
+            root,
+            csv_path=Path(csv_path) if csv_path else None,
+            classes=source.get("classes"),
+            size=source.get("size"),
+            cache=True,
+        )
+        files = [root / f for f in getattr(dataset, "files", [])] or [p for p in root.rglob("*") if p.is_file()]
+        content_hash = _hash_files([Path(f) for f in files], root)
+    elif kind == "arrays":
+        path = Path(source.get("path", ""))
+        if not path.is_file():
+            raise TrainingRequestError(f"patch array file {path} does not exist")
+        import numpy as np
+
+        with np.load(path, allow_pickle=False) as data:
+            images, labels = data["images"], data["labels"]
+            groups = data["groups"] if "groups" in data else None
+            classes = [str(c) for c in data["classes"]] if "classes" in data else None
+        dataset = ArrayPatchDataset(images, labels, groups=groups, classes=classes)
+        content_hash = hashlib.sha256(path.read_bytes()).hexdigest()
+    else:
+        raise TrainingRequestError(f"unknown dataset kind {kind!r} (use image-folder or arrays)")
+    groups = getattr(dataset, "groups", None)
+    split = split_indices(labels=dataset.labels, groups=groups, val_fraction=val_fraction, seed=seed)
+    train_set, val_set = split.subsets(dataset)
+    import numpy as np
+
+    counts = {name: int((np.asarray(dataset.labels) == i).sum()) for i, name in enumerate(dataset.classes)}
+    return LoadedDataset(
+        train=train_set,
+        val=val_set,
+        content_hash=content_hash,
+        summary={"kind": kind, "classes": list(dataset.classes), "counts": counts,
+                 "train": len(train_set), "val": len(val_set), "split": split.note},
+    )
+
+
+# ---- launching ---------------------------------------------------------------------------------
+
+
+def launch_training(
+    *, dataset_source: dict[str, Any], architecture: str = "mobilenetv2", stage: str = Stage.PRIMARY,
+    recipe: dict[str, Any] | None = None, user=None, enqueue: bool = True,
+) -> TrainingRun:
+    """Check a request and queue a TrainingRun on the `gpu` queue (after the transaction commits)."""
+    if architecture not in ARCHITECTURES:
+        raise TrainingRequestError(f"unknown architecture {architecture!r}; choose one of {list(ARCHITECTURES)}")
+    if stage not in Stage.values:
+        raise TrainingRequestError(f"unknown stage {stage!r}; choose one of {Stage.values}")
+    try:
+        TrainingRecipe.from_dict(recipe or {})
+    except (TypeError, ValueError) as exc:
+        raise TrainingRequestError(f"bad recipe: {exc}") from exc
+    if dataset_source.get("kind") not in ("image-folder", "arrays"):
+        raise TrainingRequestError(f"unknown dataset kind {dataset_source.get('kind')!r}")
+    if not Path(str(dataset_source.get("path", ""))).exists():
+        raise TrainingRequestError(f"dataset path {dataset_source.get('path')!r} does not exist")
+    with transaction.atomic():
+        run = TrainingRun.objects.create(
+            created_by=user if user is not None and user.is_authenticated else None,
+            dataset_source=dataset_source, architecture=architecture, stage=stage, recipe=recipe or {},
+        )
+        record(actor=user, action="training launched", obj=run, architecture=architecture, stage=stage)
+        if enqueue:
+            from .tasks import run_training
+
+            transaction.on_commit(lambda: run_training.delay(run.pk))
+    return run
+
+
+# ---- executing ---------------------------------------------------------------------------------
+
+
+def run_dir(run: TrainingRun) -> Path:
+    return Path(settings.RESULTS_DIR) / "training" / f"run-{run.pk}"
+
+
+def execute_training_run(*, run_id: int, worker: str = "local", device: str | None = None) -> str:
+    """Run one TrainingRun to a final state; returns that state. Safe to call twice."""
+    run = TrainingRun.objects.get(pk=run_id)
+    if run.is_finished:
+        return run.status
+    if not run.claim(worker=worker):
+        run.refresh_from_db()
+        if run.cancel_requested and not run.is_finished:
+            run.finish(TrainingRun.Status.CANCELLED, reason="cancelled before it started")
+        return run.status
+    try:
+        dataset = load_dataset(run.dataset_source)
+        recipe = TrainingRecipe.from_dict(run.recipe or {})
+    except Exception as exc:  # noqa: BLE001 - any bad input ends the run with its reason
+        run.finish(TrainingRun.Status.FAILED, reason=f"dataset or recipe: {exc}")
+        return run.status
+
+    last_write = [0.0]
+    last_poll = [0.0]
+    cancel_seen = [False]
+
+    def on_progress(event: TrainingProgress) -> None:
+        now = time.monotonic()
+        if event.kind == "step" and now - last_write[0] < PROGRESS_EVERY_S:
+            return
+        last_write[0] = now
+        TrainingRun.objects.filter(pk=run.pk).update(
+            progress={
+                "epoch": event.epoch, "max_epochs": event.max_epochs, "step": event.step,
+                "steps_per_epoch": event.steps_per_epoch, "loss": round(event.loss, 5),
+                "val_auc": event.val_auc, "val_accuracy": event.val_accuracy,
+                "fraction": round(event.fraction_done, 4), "elapsed_s": round(event.elapsed_s, 1),
+                "eta_s": None if event.eta_s is None else round(event.eta_s, 1),
+                "best_epoch": event.best_epoch,
+            },
+            heartbeat_at=timezone.now(),
+        )
+
+    def should_cancel() -> bool:
+        now = time.monotonic()
+        if now - last_poll[0] >= CANCEL_POLL_EVERY_S:
+            last_poll[0] = now
+            cancel_seen[0] = TrainingRun.objects.filter(pk=run.pk, cancel_requested=True).exists()
+        return cancel_seen[0]
+
+    try:
+        result = train(
+            model_name=run.architecture, train_set=dataset.train, val_set=dataset.val, recipe=recipe,
+            progress=on_progress, should_cancel=should_cancel, checkpoint_dir=run_dir(run), resume=True,
+            device=device,
+        )
+    except TrainingCancelled as exc:
+        run.finish(TrainingRun.Status.CANCELLED, reason=str(exc))
+        return run.status
+    except Exception as exc:  # noqa: BLE001
+        run.finish(TrainingRun.Status.FAILED, reason=f"{type(exc).__name__}: {exc}")
+        return run.status
+    _register_model_version(run, result, dataset)
+    return TrainingRun.Status.SUCCEEDED
+
+
+def _register_model_version(run: TrainingRun, result, dataset: LoadedDataset) -> ModelVersion:
+    """Copy the weights into place atomically, then create the ModelVersion and finish the run."""
+    models_dir = Path(settings.RESULTS_DIR) / "models"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{run.architecture}-{run.stage}-run{run.pk}"
+    target = models_dir / f"{name}.pt"
+    fd, tmp = tempfile.mkstemp(dir=models_dir, suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(result.weights_path, tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    metrics = result.metrics()
+    with transaction.atomic():
+        version = ModelVersion.objects.create(
+            training_run=run, name=name, architecture=run.architecture, stage=run.stage,
+            weights_path=str(target), weights_sha256=hashlib.sha256(target.read_bytes()).hexdigest(),
+            dataset_hash=dataset.content_hash, dataset_summary=dataset.summary,
+            hyperparameters=metrics["recipe"], code_version=code_version(), classes=metrics["classes"],
+            val_accuracy=float(result.accuracy), val_auc=float(result.auc), roc=metrics["roc"] or {},
+            curves=metrics["curves"], device=result.device, training_seconds=float(result.seconds),
+        )
+        TrainingRun.objects.filter(pk=run.pk).update(
+            status=TrainingRun.Status.SUCCEEDED, finished_at=timezone.now(),
+            status_reason=f"best epoch {result.best_epoch} of {result.epochs_run}; validation AUC {result.auc:.4f}",
+        )
+    return version
+
+
+def code_version() -> str:
+    """The git commit of the code that trained (plus '+dirty'), else a hash of inference/."""
+    root = Path(settings.BASE_DIR)
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        if commit:
+            dirty = subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--", "inference"],
+                capture_output=True, text=True, timeout=5,
+            ).stdout.strip()
+            return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    digest = hashlib.sha256()
+    for path in sorted((root / "inference").rglob("*.py")):
+        digest.update(path.read_bytes())
+    return "src-" + digest.hexdigest()[:12]
+
+
+# ---- promotion ---------------------------------------------------------------------------------
+
+
+def promote(*, version: ModelVersion, user=None) -> ModelVersion:
+    """Make `version` the live model of its stage (the previous live one steps down)."""
+    with transaction.atomic():
+        ModelVersion.objects.select_for_update().filter(stage=version.stage, is_live=True).exclude(
+            pk=version.pk
+        ).update(is_live=False)
+        ModelVersion.objects.filter(pk=version.pk).update(
+            is_live=True, promoted_at=timezone.now(), promoted_by=user if user is not None and user.is_authenticated else None
+        )
+        record(actor=user, action="model promoted", obj=version, stage=version.stage)
+    version.refresh_from_db()
+    return version
+
+
+def rollback(*, stage: str, user=None) -> ModelVersion | None:
+    """Put back the version of `stage` that was live before the current one."""
+    current = ModelVersion.objects.filter(stage=stage, is_live=True).first()
+    previous = (
+        ModelVersion.objects.filter(stage=stage, promoted_at__isnull=False)
+        .exclude(pk=getattr(current, "pk", None))
+        .order_by("-promoted_at")
+        .first()
+    )
+    if previous is None:
+        return None
+    return promote(version=previous, user=user)
+
+
+def live_model(stage: str = Stage.PRIMARY) -> ModelVersion | None:
+    return ModelVersion.objects.filter(stage=stage, is_live=True).first()

@@ -1,0 +1,135 @@
+"""Database records of training and models: TrainingRun (a job) and ModelVersion (its product).
+
+A TrainingRun is a state machine: queued → running → succeeded | failed | cancelled. A worker
+claims a run with a conditional update; a run left `running` by a killed worker is claimed again
+when Celery redelivers its task (late acknowledgement) and resumes from its last epoch checkpoint.
+A ModelVersion exists only after success.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models, transaction
+from django.utils import timezone
+
+
+class Stage(models.TextChoices):
+    PRIMARY = "primary", "Primary"
+    SECONDARY = "secondary", "Secondary (hard negatives)"
+
+
+class TrainingRun(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    dataset_source = models.JSONField(
+        help_text='what to train on, e.g. {"kind": "image-folder", "path": ..., "size": 96}'
+    )
+    architecture = models.CharField(max_length=40, default="mobilenetv2")
+    stage = models.CharField(max_length=20, choices=Stage.choices, default=Stage.PRIMARY)
+    recipe = models.JSONField(default=dict, blank=True, help_text="TrainingRecipe overrides")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    status_reason = models.TextField(blank=True)
+    progress = models.JSONField(default=dict, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    worker = models.CharField(max_length=200, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="last sign of life from its worker")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"training run {self.pk} ({self.architecture}, {self.stage}, {self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    @classmethod
+    def stale_before(cls):
+        return timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS)
+
+    def claim(self, *, worker: str) -> bool:
+        """queued, or running with a stale heartbeat (its worker died) → running.
+
+        A conditional update: of two workers handed the same run, exactly one wins.
+        """
+        now = timezone.now()
+        claimable = models.Q(status=self.Status.QUEUED) | models.Q(
+            status=self.Status.RUNNING, heartbeat_at__lt=self.stale_before()
+        )
+        won = TrainingRun.objects.filter(claimable, pk=self.pk, cancel_requested=False).update(
+            status=self.Status.RUNNING, worker=worker, started_at=now, heartbeat_at=now,
+            attempts=models.F("attempts") + 1,
+        )
+        if won:
+            self.refresh_from_db()
+        return won == 1
+
+    def finish(self, status: str, *, reason: str = "") -> None:
+        """running → a final state, written once."""
+        TrainingRun.objects.filter(pk=self.pk).exclude(status__in=self.FINISHED).update(
+            status=status, status_reason=reason[:5000], finished_at=timezone.now()
+        )
+        self.refresh_from_db()
+
+    def request_cancel(self) -> None:
+        """Ask a running job to stop between steps; a queued one is cancelled at once."""
+        with transaction.atomic():
+            TrainingRun.objects.filter(pk=self.pk).update(cancel_requested=True)
+            TrainingRun.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
+                status=self.Status.CANCELLED, status_reason="cancelled before it started", finished_at=timezone.now()
+            )
+        self.refresh_from_db()
+
+
+class ModelVersion(models.Model):
+    """A trained model with its evidence. Created only when its TrainingRun succeeded."""
+
+    training_run = models.OneToOneField(TrainingRun, on_delete=models.PROTECT, related_name="model_version")
+    name = models.CharField(max_length=120, unique=True)
+    architecture = models.CharField(max_length=40)
+    stage = models.CharField(max_length=20, choices=Stage.choices)
+    weights_path = models.CharField(max_length=1024)
+    weights_sha256 = models.CharField(max_length=64)
+    dataset_hash = models.CharField(max_length=64)
+    dataset_summary = models.JSONField(default=dict, blank=True)
+    hyperparameters = models.JSONField(default=dict)
+    code_version = models.CharField(max_length=80)
+    classes = models.JSONField(default=list)
+    val_accuracy = models.FloatField()
+    val_auc = models.FloatField()
+    roc = models.JSONField(default=dict, blank=True, help_text="fpr, tpr, thresholds")
+    curves = models.JSONField(default=dict, blank=True, help_text="per-epoch losses, AUC, accuracy")
+    device = models.CharField(max_length=40, blank=True)
+    training_seconds = models.FloatField(default=0)
+    is_live = models.BooleanField(default=False)
+    promoted_at = models.DateTimeField(null=True, blank=True)
+    promoted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["stage"], condition=models.Q(is_live=True), name="one_live_model_per_stage")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
