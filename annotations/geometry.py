@@ -16,7 +16,6 @@ Vertex counts never include the closing repeat of a ring's first vertex.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +35,18 @@ Rings = list[np.ndarray]  # closed rings of one polygon, each (n + 1, 2) float64
 class InvalidAnnotation(ValueError):
     """An annotation refused as it stands; the message names the problem."""
 
+    field = "geometry"
+
+
+class DegenerateGeometry(InvalidAnnotation):
+    """A ring that encloses nothing (fewer than 3 distinct vertices, or all on one line)."""
+
+
+class UnknownLabelClass(InvalidAnnotation):
+    """A label class that does not exist."""
+
+    field = "label_class"
+
 
 @dataclass(frozen=True)
 class CheckedGeometry:
@@ -54,10 +65,12 @@ def validate_geometry(
     """Check `geometry` against a slide of `width` × `height` level-0 px; raise `InvalidAnnotation`."""
     polygons = parse_polygons(geometry, max_vertices=max_vertices)
     _check_inside(polygons, width=width, height=height)
-    shape = _shape(polygons)
     _check_area(polygons)
+    shape = _shape(polygons)
     if not shape.is_valid:
         raise InvalidAnnotation(f"geometry is not valid: {_describe_invalidity(shape)}")
+    if shape.area == 0:
+        raise InvalidAnnotation("geometry has zero area")
     return _checked(polygons, shape)
 
 
@@ -72,16 +85,25 @@ def repair_geometry(
     """
     polygons = parse_polygons(geometry, max_vertices=max_vertices)
     _check_inside(polygons, width=width, height=height)
+    _check_area(polygons)
     shape = _shape(polygons)
-    if shape.is_valid:
-        _check_area(polygons)
+    if shape.is_valid and shape.area > 0:
         return _checked(polygons, shape), False
     fixed = shapely.make_valid(shape, method="structure", keep_collapsed=False)
-    parts = [g for g in getattr(fixed, "geoms", [fixed]) if g.geom_type == "Polygon" and not g.is_empty]
+    parts = [
+        g for g in getattr(fixed, "geoms", [fixed]) if g.geom_type == "Polygon" and not g.is_empty
+    ]
     if not parts or sum(p.area for p in parts) == 0:
-        raise InvalidAnnotation(f"geometry has zero area once repaired ({_describe_invalidity(shape)})")
+        raise InvalidAnnotation(
+            f"geometry has zero area once repaired ({_describe_invalidity(shape)})"
+        )
     repaired = shapely.MultiPolygon(parts) if len(parts) > 1 else parts[0]
-    return validate_geometry(to_geojson(repaired), width=width, height=height, max_vertices=max_vertices), True
+    if not repaired.is_valid:
+        # make_valid can return parts that share an edge (GEOS 3.14); their union is the same area.
+        repaired = shapely.union_all(parts)
+    return validate_geometry(
+        to_geojson(repaired), width=width, height=height, max_vertices=max_vertices
+    ), True
 
 
 def parse_polygons(geometry: object, *, max_vertices: int = MAX_VERTICES) -> list[Rings]:
@@ -103,11 +125,13 @@ def parse_polygons(geometry: object, *, max_vertices: int = MAX_VERTICES) -> lis
         if not isinstance(rings, list | tuple) or not rings:
             raise InvalidAnnotation(f"{where}a polygon must be a non-empty list of rings")
         for r, ring in enumerate(rings):
-            if not isinstance(ring, list | tuple):
+            if not isinstance(ring, list | tuple | np.ndarray):
                 raise InvalidAnnotation(f"{where}ring {r} must be a list of [x, y] positions")
             listed += len(ring)
     if listed > max_vertices:
-        raise InvalidAnnotation(f"geometry has {listed:,} vertices; at most {max_vertices:,} are allowed")
+        raise InvalidAnnotation(
+            f"geometry has {listed:,} vertices; at most {max_vertices:,} are allowed"
+        )
     polygons: list[Rings] = []
     for p, rings in enumerate(raw_polygons):
         where = "" if kind == "Polygon" else f"polygon {p}: "
@@ -115,12 +139,13 @@ def parse_polygons(geometry: object, *, max_vertices: int = MAX_VERTICES) -> lis
     return polygons
 
 
-def _ring(ring: list | tuple, *, where: str) -> np.ndarray:
+def _ring(ring: list | tuple | np.ndarray, *, where: str) -> np.ndarray:
     try:
         arr = np.asarray(ring)
     except ValueError:
         arr = np.asarray([], dtype=object)
-    if arr.dtype.kind not in "iuf" or arr.ndim != 2 or arr.shape[1] not in (2, 3):
+    bad_type = arr.dtype.kind not in "iuf" or arr.ndim != 2 or arr.shape[1] not in (2, 3)
+    if bad_type or (not isinstance(ring, np.ndarray) and _has_bool(ring)):
         raise InvalidAnnotation(f"{where}: {_first_bad_position(ring)}")
     arr = arr[:, :2].astype(np.float64)
     finite = np.isfinite(arr)
@@ -130,8 +155,13 @@ def _ring(ring: list | tuple, *, where: str) -> np.ndarray:
     if len(arr) and (arr[0] != arr[-1]).any():
         arr = np.vstack([arr, arr[:1]])
     if _distinct_at_least_3(arr[:-1]) is False:
-        raise InvalidAnnotation(f"{where}: fewer than 3 distinct vertices")
+        raise DegenerateGeometry(f"{where}: fewer than 3 distinct vertices")
     return arr
+
+
+def _has_bool(ring: list | tuple) -> bool:
+    """numpy reads true/false as 1/0; JSON booleans are not coordinates."""
+    return any(type(v) is bool for pos in ring for v in pos)
 
 
 def _first_bad_position(ring: list | tuple) -> str:
@@ -157,7 +187,9 @@ def _distinct_at_least_3(points: np.ndarray) -> bool:
 def _check_inside(polygons: list[Rings], *, width: float, height: float) -> None:
     for p, rings in enumerate(polygons):
         for ring in rings:
-            outside = (ring[:, 0] < 0) | (ring[:, 0] > width) | (ring[:, 1] < 0) | (ring[:, 1] > height)
+            outside = (
+                (ring[:, 0] < 0) | (ring[:, 0] > width) | (ring[:, 1] < 0) | (ring[:, 1] > height)
+            )
             if outside.any():
                 x, y = ring[int(np.argmax(outside))]
                 part = f"polygon {p} " if len(polygons) > 1 else ""
@@ -173,17 +205,19 @@ def _shape(polygons: list[Rings]) -> BaseGeometry:
 
 
 def _check_area(polygons: list[Rings]) -> None:
+    """Refuse rings whose vertices all lie on one line (no interior at all)."""
     for p, rings in enumerate(polygons):
         for r, ring in enumerate(rings):
-            if _ring_area(ring) == 0:
+            if _collinear(ring):
                 part = f"polygon {p} " if len(polygons) > 1 else ""
                 what = "outer ring" if r == 0 else f"hole {r}"
-                raise InvalidAnnotation(f"{part}{what} has zero area")
+                raise DegenerateGeometry(f"{part}{what} has zero area")
 
 
-def _ring_area(ring: np.ndarray) -> float:
-    x, y = ring[:, 0], ring[:, 1]
-    return abs(float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))) / 2
+def _collinear(ring: np.ndarray) -> bool:
+    d = ring - ring[0]
+    k = int(np.argmax((d != 0).any(axis=1)))
+    return bool((d[:, 0] * d[k, 1] - d[:, 1] * d[k, 0] == 0).all())
 
 
 _VALIDITY = re.compile(r"^(?P<what>.*?)\s*\[(?P<x>\S+) (?P<y>\S+)\]$")
@@ -208,13 +242,17 @@ def _checked(polygons: list[Rings], shape: BaseGeometry) -> CheckedGeometry:
     min_x, min_y, max_x, max_y = shape.bounds
     vertices = sum(len(ring) - 1 for rings in polygons for ring in rings)
     return CheckedGeometry(
-        geojson=geojson, shape=shape, bounds=(min_x, min_y, max_x, max_y), vertex_count=vertices, area=shape.area
+        geojson=geojson,
+        shape=shape,
+        bounds=(min_x, min_y, max_x, max_y),
+        vertex_count=vertices,
+        area=shape.area,
     )
 
 
 def _coords(ring: np.ndarray) -> list:
     """Ring as JSON lists: integers where every coordinate is integral (smaller, exact)."""
-    if np.all(ring == np.floor(ring)) and np.abs(ring).max() < 2**53:
+    if ring.size and np.all(ring == np.floor(ring)) and np.abs(ring).max() < 2**53:
         return ring.astype(np.int64).tolist()
     return ring.tolist()
 
@@ -222,16 +260,35 @@ def _coords(ring: np.ndarray) -> list:
 def _geojson_from_rings(polygons: list[Rings]) -> dict:
     if len(polygons) == 1:
         return {"type": "Polygon", "coordinates": [_coords(r) for r in polygons[0]]}
-    return {"type": "MultiPolygon", "coordinates": [[_coords(r) for r in rings] for rings in polygons]}
+    return {
+        "type": "MultiPolygon",
+        "coordinates": [[_coords(r) for r in rings] for rings in polygons],
+    }
 
 
 def to_geojson(shape: BaseGeometry) -> dict:
     """A shapely Polygon/MultiPolygon as a GeoJSON dict (lists, closed rings)."""
     parts = list(shape.geoms) if shape.geom_type == "MultiPolygon" else [shape]
     polygons = [
-        [np.asarray(p.exterior.coords)[:, :2], *(np.asarray(h.coords)[:, :2] for h in p.interiors)] for p in parts
+        [np.asarray(p.exterior.coords)[:, :2], *(np.asarray(h.coords)[:, :2] for h in p.interiors)]
+        for p in parts
     ]
     return _geojson_from_rings(polygons)
+
+
+def plain(geometry: object) -> object:
+    """A geometry with numpy coordinate arrays (as readers may produce) turned into JSON lists."""
+    if isinstance(geometry, np.ndarray):
+        return (
+            _coords(geometry)
+            if geometry.dtype.kind == "f" and geometry.ndim == 2
+            else geometry.tolist()
+        )
+    if isinstance(geometry, Mapping):
+        return {k: plain(v) for k, v in geometry.items()}
+    if isinstance(geometry, list | tuple):
+        return [plain(v) for v in geometry]
+    return geometry
 
 
 def rings_of(geojson: Mapping) -> list[Rings]:
@@ -249,7 +306,3 @@ def vertex_count(geojson: Mapping) -> int:
             closed = len(ring) > 1 and bool((ring[0] == ring[-1]).all())
             total += len(ring) - (1 if closed else 0)
     return total
-
-
-def finite_number(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)

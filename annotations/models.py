@@ -23,7 +23,9 @@ class LabelClass(models.Model):
         HARD_NEGATIVE = "hard-negative", "Hard negative"
         EXCLUDE = "exclude", "Exclude"
 
-    key = models.SlugField(max_length=40, unique=True, help_text="Stable identifier used in files and the API")
+    key = models.SlugField(
+        max_length=40, unique=True, help_text="Stable identifier used in files and the API"
+    )
     name = models.CharField(max_length=80, unique=True)
     colour = models.CharField(
         max_length=7,
@@ -31,8 +33,12 @@ class LabelClass(models.Model):
         help_text="#rrggbb",
     )
     kind = models.CharField(max_length=20, choices=Kind.choices)
-    shortcut = models.CharField(max_length=1, blank=True, help_text="Keyboard shortcut in the viewer")
-    order = models.PositiveSmallIntegerField(default=0, help_text="Display order; among hard negatives, precedence")
+    shortcut = models.CharField(
+        max_length=1, blank=True, help_text="Keyboard shortcut in the viewer"
+    )
+    order = models.PositiveSmallIntegerField(
+        default=0, help_text="Display order; among hard negatives, precedence"
+    )
 
     class Meta:
         ordering = ["order", "key"]
@@ -52,10 +58,12 @@ class AnnotationImport(models.Model):
 
     `repaired` lists polygons that were invalid in the file and were repaired on request
     (`repair="make_valid"`); `dropped` keeps, with their coordinates, polygons that cannot be an
-    area at all (fewer than 3 distinct vertices), so nothing of the file is lost.
+    area at all (fewer than 3 distinct vertices, or all on one line), so nothing of the file is lost.
     """
 
-    slide = models.ForeignKey("slides.Slide", on_delete=models.CASCADE, related_name="annotation_imports")
+    slide = models.ForeignKey(
+        "slides.Slide", on_delete=models.CASCADE, related_name="annotation_imports"
+    )
     file_name = models.CharField(max_length=255)
     format = models.CharField(max_length=16)
     repair = models.CharField(max_length=16, blank=True)
@@ -79,12 +87,20 @@ class Annotation(models.Model):
     """One polygon (or multipolygon) of one class on one slide."""
 
     slide = models.ForeignKey("slides.Slide", on_delete=models.CASCADE, related_name="annotations")
-    label_class = models.ForeignKey(LabelClass, on_delete=models.PROTECT, related_name="annotations")
+    label_class = models.ForeignKey(
+        LabelClass, on_delete=models.PROTECT, related_name="annotations"
+    )
     author = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="annotations",
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="annotations",
         help_text="Who drew it; empty for polygons imported from a file by the command line",
     )
-    name = models.CharField(max_length=255, blank=True, help_text="Name in the file it came from, if any")
+    name = models.CharField(
+        max_length=255, blank=True, help_text="Name in the file it came from, if any"
+    )
     geometry = models.JSONField(help_text="GeoJSON Polygon or MultiPolygon, level-0 px")
     min_x = models.FloatField()
     min_y = models.FloatField()
@@ -94,10 +110,16 @@ class Annotation(models.Model):
     area_px = models.FloatField()
     version = models.PositiveIntegerField(default=1)
     source_import = models.ForeignKey(
-        AnnotationImport, null=True, blank=True, on_delete=models.SET_NULL, related_name="annotations"
+        AnnotationImport,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="annotations",
     )
     source_geometry = models.JSONField(
-        null=True, blank=True, help_text="The invalid polygon as the file had it, when it was repaired on import"
+        null=True,
+        blank=True,
+        help_text="The invalid polygon as the file had it, when it was repaired on import",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -152,7 +174,9 @@ class AnnotationHistory(models.Model):
         ordering = ["annotation_id", "version"]
         verbose_name_plural = "annotation history"
         constraints = [
-            models.UniqueConstraint(fields=["annotation", "version"], name="annotation_history_version_unique")
+            models.UniqueConstraint(
+                fields=["annotation", "version"], name="annotation_history_version_unique"
+            )
         ]
 
     def __str__(self) -> str:

@@ -9,19 +9,25 @@ never both win, whatever the isolation level.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import shapely
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from audit import log as audit
 from slides.models import Slide
 
 from .geometry import (
     REPAIR_METHODS,
     CheckedGeometry,
+    DegenerateGeometry,
     InvalidAnnotation,
+    UnknownLabelClass,
+    plain,
     repair_geometry,
     validate_geometry,
     vertex_count,
@@ -43,6 +49,8 @@ class Conflict(Exception):
 class ImportRefused(InvalidAnnotation):
     """An import with at least one bad polygon; nothing was imported. `problems` names each one."""
 
+    field = "file"
+
     def __init__(self, problems: Sequence[str]):
         self.problems = list(problems)
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
@@ -57,7 +65,9 @@ def label_classes() -> dict[str, LabelClass]:
     return {c.key: c for c in LabelClass.objects.all()}
 
 
-def resolve_label_class(value: object, *, classes: Mapping[str, LabelClass] | None = None) -> LabelClass:
+def resolve_label_class(
+    value: object, *, classes: Mapping[str, LabelClass] | None = None
+) -> LabelClass:
     """A label class by key, or by name (case-insensitive); `InvalidAnnotation` if unknown."""
     classes = label_classes() if classes is None else classes
     if isinstance(value, LabelClass):
@@ -69,7 +79,50 @@ def resolve_label_class(value: object, *, classes: Mapping[str, LabelClass] | No
         for cls in classes.values():
             if text.casefold() in (cls.key.casefold(), cls.name.casefold()):
                 return cls
-    raise InvalidAnnotation(f"unknown label class {value!r}; known: {', '.join(sorted(classes))}")
+    raise UnknownLabelClass(f"unknown label class {value!r}; known: {', '.join(sorted(classes))}")
+
+
+# ---- viewport queries ---------------------------------------------------------------------------
+
+
+def viewport_annotations(
+    *,
+    slide: Slide,
+    bbox: tuple[float, float, float, float] | None = None,
+    authors: Sequence[int] | None = None,
+    class_keys: Sequence[str] | None = None,
+    include_deleted: bool = False,
+) -> list[Annotation]:
+    """Annotations of a slide whose polygon intersects `bbox` (x0, y0, x1, y1, level-0 px).
+
+    The indexed bbox columns narrow the rows in the database; shapely then drops those whose bbox
+    meets the viewport but whose polygon does not (an L-shape around a corner), so the answer is
+    exactly the intersecting polygons. Rows whose bbox lies inside the viewport skip that test.
+    """
+    qs = (
+        Annotation.objects.filter(slide=slide)
+        .select_related("label_class", "author")
+        .order_by("id")
+    )
+    if not include_deleted:
+        qs = qs.filter(deleted_at__isnull=True)
+    if authors is not None:
+        qs = qs.filter(author_id__in=list(authors))
+    if class_keys is not None:
+        qs = qs.filter(label_class__key__in=list(class_keys))
+    if bbox is None:
+        return list(qs)
+    x0, y0, x1, y1 = bbox
+    rows = list(qs.filter(min_x__lte=x1, max_x__gte=x0, min_y__lte=y1, max_y__gte=y0))
+    edge = [
+        a for a in rows if not (a.min_x >= x0 and a.max_x <= x1 and a.min_y >= y0 and a.max_y <= y1)
+    ]
+    if edge:
+        shapes = shapely.from_geojson([json.dumps(a.geometry) for a in edge])
+        hits = shapely.intersects(shapes, shapely.box(x0, y0, x1, y1))
+        missed = {a.pk for a, hit in zip(edge, hits, strict=True) if not hit}
+        rows = [a for a in rows if a.pk not in missed]
+    return rows
 
 
 # ---- single annotations -------------------------------------------------------------------------
@@ -101,7 +154,9 @@ def check_geometry(geometry: object, *, slide: Slide) -> CheckedGeometry:
     return validate_geometry(geometry, width=slide.width, height=slide.height)
 
 
-def create_annotation(*, slide: Slide, user, geometry: object, label_class: object, name: str = "") -> Annotation:
+def create_annotation(
+    *, slide: Slide, user, geometry: object, label_class: object, name: str = ""
+) -> Annotation:
     """Validate and store one polygon, with its `create` history entry."""
     cls = resolve_label_class(label_class)
     checked = check_geometry(geometry, slide=slide)
@@ -110,7 +165,11 @@ def create_annotation(*, slide: Slide, user, geometry: object, label_class: obje
             slide=slide, label_class=cls, author=_user(user), name=name, **_geometry_fields(checked)
         )
         AnnotationHistory.objects.create(
-            annotation=annotation, version=1, action=Action.CREATE, user=_user(user), after=snapshot(annotation)
+            annotation=annotation,
+            version=1,
+            action=Action.CREATE,
+            user=_user(user),
+            after=snapshot(annotation),
         )
     return annotation
 
@@ -134,27 +193,48 @@ def update_annotation(
     if checked is not None:
         changes.update(_geometry_fields(checked))
         changes["source_geometry"] = None  # the as-imported outline no longer describes this row
-    return _change(annotation=annotation, user=user, expected_version=expected_version, action=Action.UPDATE,
-                   changes=changes)
+    return _change(
+        annotation=annotation,
+        user=user,
+        expected_version=expected_version,
+        action=Action.UPDATE,
+        changes=changes,
+    )
 
 
-def delete_annotation(*, annotation: Annotation, user, expected_version: int | None = None) -> Annotation:
+def delete_annotation(
+    *, annotation: Annotation, user, expected_version: int | None = None
+) -> Annotation:
     """Soft-delete (the row stays, with its history); `expected_version` guards against stale deletes."""
-    return _change(annotation=annotation, user=user, expected_version=expected_version, action=Action.DELETE,
-                   changes={"deleted_at": timezone.now()})
+    return _change(
+        annotation=annotation,
+        user=user,
+        expected_version=expected_version,
+        action=Action.DELETE,
+        changes={"deleted_at": timezone.now()},
+    )
 
 
-def restore_annotation(*, annotation: Annotation, user, expected_version: int | None = None) -> Annotation:
+def restore_annotation(
+    *, annotation: Annotation, user, expected_version: int | None = None
+) -> Annotation:
     """Undo a soft delete."""
-    return _change(annotation=annotation, user=user, expected_version=expected_version, action=Action.RESTORE,
-                   changes={"deleted_at": None})
+    return _change(
+        annotation=annotation,
+        user=user,
+        expected_version=expected_version,
+        action=Action.RESTORE,
+        changes={"deleted_at": None},
+    )
 
 
 def _current(pk: int) -> Annotation:
     return Annotation.objects.select_related("label_class", "slide").get(pk=pk)
 
 
-def _change(*, annotation: Annotation, user, expected_version: int | None, action: str, changes: dict) -> Annotation:
+def _change(
+    *, annotation: Annotation, user, expected_version: int | None, action: str, changes: dict
+) -> Annotation:
     with transaction.atomic():
         current = _current(annotation.pk)
         version = current.version if expected_version is None else expected_version
@@ -168,11 +248,16 @@ def _change(*, annotation: Annotation, user, expected_version: int | None, actio
             now = Annotation.objects.get(pk=current.pk)
             raise Conflict(
                 f"annotation {current.pk} changed meanwhile (now version {now.version})",
-                current_version=now.version, deleted=now.deleted_at is not None,
+                current_version=now.version,
+                deleted=now.deleted_at is not None,
             )
         fresh = _current(current.pk)
         AnnotationHistory.objects.create(
-            annotation=fresh, version=fresh.version, action=action, user=_user(user), before=before,
+            annotation=fresh,
+            version=fresh.version,
+            action=action,
+            user=_user(user),
+            before=before,
             after=snapshot(fresh),
         )
     return fresh
@@ -183,13 +268,21 @@ def _refuse_if_stale(current: Annotation, version: int, action: str) -> None:
     if current.version != version:
         raise Conflict(
             f"annotation {current.pk} is at version {current.version}, not {version}: reload it and try again",
-            current_version=current.version, deleted=deleted,
+            current_version=current.version,
+            deleted=deleted,
         )
     if action in (Action.UPDATE, Action.DELETE) and deleted:
-        raise Conflict(f"annotation {current.pk} is deleted; restore it first", current_version=current.version,
-                       deleted=True)
+        raise Conflict(
+            f"annotation {current.pk} is deleted; restore it first",
+            current_version=current.version,
+            deleted=True,
+        )
     if action == Action.RESTORE and not deleted:
-        raise Conflict(f"annotation {current.pk} is not deleted", current_version=current.version, deleted=False)
+        raise Conflict(
+            f"annotation {current.pk} is not deleted",
+            current_version=current.version,
+            deleted=False,
+        )
 
 
 def _user(user):
@@ -201,7 +294,10 @@ def _user(user):
 
 @dataclass
 class ParsedAnnotation:
-    """One polygon read from a file, not yet validated. `class_name` is the file's own word for it."""
+    """One polygon read from a file, not yet validated. `class_name` is the file's own word for it.
+
+    `geometry` is GeoJSON-shaped; a reader may give rings as (n, 2) numpy arrays (fast to parse).
+    """
 
     name: str
     class_name: str
@@ -231,17 +327,21 @@ def import_annotations(
     file_name: str,
     format: str,  # noqa: A002 - the file format's name, as in the API
     repair: str = "",
+    default_class: str = "",
 ) -> ImportResult:
     """Validate every polygon, then store all of them in one transaction, or none.
 
     Without `repair`, one bad polygon refuses the whole file (`ImportRefused` names each bad one).
     With `repair="make_valid"`, invalid polygons (self-intersections) are repaired with shapely's
     `make_valid`, their original outline kept in `source_geometry`, and polygons that cannot be an
-    area at all (fewer than 3 distinct vertices) are dropped into the import record's `dropped`
+    area at all (fewer than 3 distinct vertices, or all on one line) are dropped into the import record's `dropped`
     list with their coordinates; both lists are reported. Other problems still refuse the file.
+    Polygons without a class in the file get `default_class`, if given.
     """
     if repair and repair not in REPAIR_METHODS:
-        raise InvalidAnnotation(f"unknown repair method {repair!r}; use one of {', '.join(REPAIR_METHODS)}")
+        raise InvalidAnnotation(
+            f"unknown repair method {repair!r}; use one of {', '.join(REPAIR_METHODS)}"
+        )
     items = list(items)
     classes = label_classes()
     rows: list[Annotation] = []
@@ -255,45 +355,94 @@ def import_annotations(
         try:
             count = _listed_vertices(item.geometry)
             total_vertices += count
-            cls = resolve_label_class(item.label_class or item.class_name, classes=classes)
+            word = item.label_class or item.class_name or default_class
+            if not word:
+                raise UnknownLabelClass("has no class in the file (give a default class)")
+            cls = resolve_label_class(word, classes=classes)
             if repair:
                 try:
-                    checked, was_repaired = repair_geometry(item.geometry, width=slide.width, height=slide.height)
-                except InvalidAnnotation as exc:
-                    if "fewer than 3 distinct vertices" not in str(exc):
-                        raise
-                    dropped.append({"index": i, "name": item.name, "class": item.class_name, "reason": str(exc),
-                                    "vertex_count": count, "geometry": item.geometry})
+                    checked, was_repaired = repair_geometry(
+                        item.geometry, width=slide.width, height=slide.height
+                    )
+                except DegenerateGeometry as exc:
+                    dropped.append(
+                        {
+                            "index": i,
+                            "name": item.name,
+                            "class": item.class_name,
+                            "reason": str(exc),
+                            "vertex_count": count,
+                            "geometry": plain(item.geometry),
+                        }
+                    )
                     continue
             else:
                 checked, was_repaired = check_geometry(item.geometry, slide=slide), False
         except InvalidAnnotation as exc:
             problems.append(f"{label}: {exc}")
             continue
-        row = Annotation(slide=slide, label_class=cls, author=author, name=item.name[:255],
-                         **_geometry_fields(checked))
+        row = Annotation(
+            slide=slide,
+            label_class=cls,
+            author=author,
+            name=item.name[:255],
+            **_geometry_fields(checked),
+        )
         if was_repaired:
-            row.source_geometry = item.geometry
-            repaired.append({"index": i, "name": item.name, "source_vertex_count": count,
-                             "vertex_count": checked.vertex_count})
+            row.source_geometry = plain(item.geometry)
+            repaired.append(
+                {
+                    "index": i,
+                    "name": item.name,
+                    "source_vertex_count": count,
+                    "vertex_count": checked.vertex_count,
+                }
+            )
         rows.append(row)
     if problems:
         raise ImportRefused(problems)
     with transaction.atomic():
         record = AnnotationImport.objects.create(
-            slide=slide, file_name=file_name[:255], format=format, repair=repair, imported_by=author,
-            polygon_count=len(items), vertex_count=total_vertices, repaired=repaired, dropped=dropped,
+            slide=slide,
+            file_name=file_name[:255],
+            format=format,
+            repair=repair,
+            imported_by=author,
+            polygon_count=len(items),
+            vertex_count=total_vertices,
+            repaired=repaired,
+            dropped=dropped,
+        )
+        audit.record(
+            actor=author,
+            action="annotations imported",
+            obj=record,
+            slide=slide.pk,
+            file=record.file_name,
+            format=format,
+            polygons=len(rows),
+            repaired=len(repaired),
+            dropped=len(dropped),
         )
         for row in rows:
             row.source_import = record
         created = Annotation.objects.bulk_create(rows, batch_size=500)
-        if any(row.pk is None for row in created):  # a backend that cannot return ids from bulk inserts
+        if any(
+            row.pk is None for row in created
+        ):  # a backend that cannot return ids from bulk inserts
             created = list(Annotation.objects.filter(source_import=record).order_by("id"))
         AnnotationHistory.objects.bulk_create(
             [
                 AnnotationHistory(
-                    annotation=row, version=1, action=Action.CREATE, user=author,
-                    after={"label_class": row.label_class.key, "geometry": row.geometry, "deleted": False},
+                    annotation=row,
+                    version=1,
+                    action=Action.CREATE,
+                    user=author,
+                    after={
+                        "label_class": row.label_class.key,
+                        "geometry": row.geometry,
+                        "deleted": False,
+                    },
                 )
                 for row in created
             ],

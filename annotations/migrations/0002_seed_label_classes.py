@@ -27,13 +27,22 @@ def seed(apps, schema_editor):
     LabelClass = apps.get_model("annotations", "LabelClass")
     for key, name, colour, kind, shortcut, order in LABEL_CLASSES:
         LabelClass.objects.update_or_create(
-            key=key, defaults={"name": name, "colour": colour, "kind": kind, "shortcut": shortcut, "order": order}
+            key=key,
+            defaults={
+                "name": name,
+                "colour": colour,
+                "kind": kind,
+                "shortcut": shortcut,
+                "order": order,
+            },
         )
 
 
 def unseed(apps, schema_editor):
     LabelClass = apps.get_model("annotations", "LabelClass")
-    LabelClass.objects.filter(key__in=[row[0] for row in LABEL_CLASSES], annotations__isnull=True).delete()
+    LabelClass.objects.filter(
+        key__in=[row[0] for row in LABEL_CLASSES], annotations__isnull=True
+    ).delete()
 
 
 class Migration(migrations.Migration):

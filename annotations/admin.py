@@ -1,0 +1,78 @@
+"""Admin: label classes are edited here; annotations and their history are read-only."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+
+from .models import Annotation, AnnotationHistory, AnnotationImport, LabelClass
+
+BULKY = ["geometry", "source_geometry"]
+
+
+@admin.register(LabelClass)
+class LabelClassAdmin(admin.ModelAdmin):
+    list_display = ["key", "name", "kind", "colour", "shortcut", "order"]
+    list_editable = ["name", "colour", "shortcut", "order"]
+    list_filter = ["kind"]
+    ordering = ["order", "key"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Files, history entries and the API name classes by key: it never changes once used.
+        return ["key"] if obj is not None else []
+
+
+class AnnotationHistoryInline(admin.TabularInline):
+    model = AnnotationHistory
+    extra = 0
+    can_delete = False
+    fields = ["version", "action", "user", "at"]
+    readonly_fields = fields
+    ordering = ["version"]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Annotation)
+class AnnotationAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "slide",
+        "label_class",
+        "author",
+        "vertex_count",
+        "area_px",
+        "version",
+        "updated_at",
+        "deleted_at",
+    ]
+    list_filter = ["label_class", "deleted_at"]
+    list_select_related = ["slide", "label_class", "author"]
+    search_fields = ["name", "slide__name"]
+    exclude = BULKY  # up to 200,000 vertices: not for a form
+    readonly_fields = [f.name for f in Annotation._meta.fields if f.name not in BULKY]
+    inlines = [AnnotationHistoryInline]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(AnnotationImport)
+class AnnotationImportAdmin(admin.ModelAdmin):
+    list_display = [
+        "file_name",
+        "slide",
+        "format",
+        "repair",
+        "polygon_count",
+        "vertex_count",
+        "imported_by",
+        "imported_at",
+    ]
+    readonly_fields = [f.name for f in AnnotationImport._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False

@@ -1,0 +1,37 @@
+"""Annotation API routes; `config/urls.py` mounts them under /api/."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("label-classes/", views.LabelClassList.as_view(), name="label-class-list"),
+    path(
+        "slides/<int:slide_id>/annotations/",
+        views.SlideAnnotations.as_view(),
+        name="slide-annotations",
+    ),
+    path(
+        "slides/<int:slide_id>/annotations/export/",
+        views.AnnotationExport.as_view(),
+        name="slide-annotations-export",
+    ),
+    path(
+        "slides/<int:slide_id>/annotations/import/",
+        views.AnnotationImportView.as_view(),
+        name="slide-annotations-import",
+    ),
+    path("annotations/<int:pk>/", views.AnnotationDetail.as_view(), name="annotation-detail"),
+    path(
+        "annotations/<int:pk>/restore/",
+        views.AnnotationRestore.as_view(),
+        name="annotation-restore",
+    ),
+    path(
+        "annotations/<int:pk>/history/",
+        views.AnnotationHistoryList.as_view(),
+        name="annotation-history",
+    ),
+]
