@@ -171,6 +171,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {"inference.*": {"queue": "gpu"}}
+# The queue training and scoring jobs go to (GPU workers consume it).
+TRAINING_QUEUE = env_str("NODESCOPE_TRAINING_QUEUE", "gpu")
 # A running job whose worker has not written a heartbeat for this long is taken to be dead.
 JOB_STALE_SECONDS = env_int("NODESCOPE_JOB_STALE_SECONDS", 300)
 CELERY_TASK_TRACK_STARTED = True

@@ -10,6 +10,7 @@ from django.urls import include, path
 
 from drf_spectacular.views import SpectacularAPIView
 
+from inference import urls as inference_urls
 from slides import urls as slide_urls
 from slides.auth import ThrottledLoginView
 from slides import views as slide_views
@@ -28,5 +29,6 @@ urlpatterns = [
     path("health/", slide_views.health, name="health"),
     path("admin/", admin.site.urls),
     path("api/", include(api_urls)),
+    path("", include(inference_urls.page_urls)),
     path("", include(slide_urls.page_urls)),
 ]

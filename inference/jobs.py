@@ -88,8 +88,13 @@ def load_dataset(source: dict[str, Any]) -> LoadedDataset:
             classes = [str(c) for c in data["classes"]] if "classes" in data else None
         dataset = ArrayPatchDataset(images, labels, groups=groups, classes=classes)
         content_hash = hashlib.sha256(path.read_bytes()).hexdigest()
+    elif kind == "snapshot":
+        from annotations.datasets import open_snapshot
+
+        train_set, val_set, content_hash, summary = open_snapshot(int(source["id"]))
+        return LoadedDataset(train=train_set, val=val_set, content_hash=content_hash, summary=summary)
     else:
-        raise TrainingRequestError(f"unknown dataset kind {kind!r} (use image-folder or arrays)")
+        raise TrainingRequestError(f"unknown dataset kind {kind!r} (use image-folder, arrays or snapshot)")
     groups = getattr(dataset, "groups", None)
     split = split_indices(labels=dataset.labels, groups=groups, val_fraction=val_fraction, seed=seed)
     train_set, val_set = split.subsets(dataset)
@@ -107,6 +112,63 @@ def load_dataset(source: dict[str, Any]) -> LoadedDataset:
 
 # ---- launching ---------------------------------------------------------------------------------
 
+RECIPE_BOUNDS = {
+    "learning_rate": (1e-7, 1.0),
+    "batch_size": (1, 4096),
+    "max_epochs": (1, 500),
+    "weight_decay": (0.0, 0.1),
+    "lr_step_epochs": (1, 500),
+    "lr_gamma": (1e-4, 1.0),
+    "early_stopping_patience": (1, 500),
+}
+
+
+def _check_recipe_bounds(recipe: TrainingRecipe) -> None:
+    for name, (low, high) in RECIPE_BOUNDS.items():
+        value = getattr(recipe, name)
+        if not low <= value <= high:
+            raise TrainingRequestError(f"{name}={value} is outside the sensible range [{low}, {high}]")
+
+
+def check_dataset(source: dict[str, Any]) -> dict[str, int]:
+    """Refuse, before anything is queued, a dataset that is missing, empty or of one class."""
+    import numpy as np
+
+    kind = source.get("kind")
+    if kind == "snapshot":
+        from annotations.datasets import snapshot_class_counts
+
+        counts = snapshot_class_counts(int(source.get("id", 0)))
+    elif kind in ("image-folder", "arrays"):
+        path = Path(str(source.get("path", "")))
+        if not path.exists():
+            raise TrainingRequestError(f"dataset path {source.get('path')!r} does not exist")
+        if kind == "arrays":
+            with np.load(path, allow_pickle=False) as data:
+                labels = data["labels"]
+                names = [str(c) for c in data["classes"]] if "classes" in data else None
+            values, n = np.unique(labels, return_counts=True)
+            counts = {(names[int(v)] if names else str(int(v))): int(c) for v, c in zip(values, n, strict=True)}
+        else:
+            from .datasets import ImageFolderPatchDataset
+
+            try:
+                dataset = ImageFolderPatchDataset(path, csv_path=source.get("csv"), classes=source.get("classes"))
+            except ValueError as exc:
+                raise TrainingRequestError(str(exc)) from exc
+            labels = np.asarray(dataset.labels)
+            counts = {name: int((labels == i).sum()) for i, name in enumerate(dataset.classes)}
+    else:
+        raise TrainingRequestError(f"unknown dataset kind {kind!r} (use image-folder, arrays or snapshot)")
+    present = {k: v for k, v in counts.items() if v > 0}
+    if not present:
+        raise TrainingRequestError("the dataset is empty")
+    if len(present) < 2:
+        raise TrainingRequestError(f"the dataset has one class only ({next(iter(present))}); training needs two")
+    if min(present.values()) < 2:
+        raise TrainingRequestError(f"each class needs at least two patches; counts are {present}")
+    return counts
+
 
 def launch_training(
     *, dataset_source: dict[str, Any], architecture: str = "mobilenetv2", stage: str = Stage.PRIMARY,
@@ -118,13 +180,11 @@ def launch_training(
     if stage not in Stage.values:
         raise TrainingRequestError(f"unknown stage {stage!r}; choose one of {Stage.values}")
     try:
-        TrainingRecipe.from_dict(recipe or {})
+        checked = TrainingRecipe.from_dict(recipe or {})
     except (TypeError, ValueError) as exc:
         raise TrainingRequestError(f"bad recipe: {exc}") from exc
-    if dataset_source.get("kind") not in ("image-folder", "arrays"):
-        raise TrainingRequestError(f"unknown dataset kind {dataset_source.get('kind')!r}")
-    if not Path(str(dataset_source.get("path", ""))).exists():
-        raise TrainingRequestError(f"dataset path {dataset_source.get('path')!r} does not exist")
+    _check_recipe_bounds(checked)
+    check_dataset(dataset_source)
     with transaction.atomic():
         run = TrainingRun.objects.create(
             created_by=user if user is not None and user.is_authenticated else None,
@@ -134,7 +194,7 @@ def launch_training(
         if enqueue:
             from .tasks import run_training
 
-            transaction.on_commit(lambda: run_training.delay(run.pk))
+            transaction.on_commit(lambda: run_training.apply_async(args=[run.pk], queue=settings.TRAINING_QUEUE))
     return run
 
 
@@ -232,7 +292,10 @@ def _register_model_version(run: TrainingRun, result, dataset: LoadedDataset) ->
         )
         TrainingRun.objects.filter(pk=run.pk).update(
             status=TrainingRun.Status.SUCCEEDED, finished_at=timezone.now(),
-            status_reason=f"best epoch {result.best_epoch} of {result.epochs_run}; validation AUC {result.auc:.4f}",
+            status_reason=(
+                f"best epoch {result.best_epoch} of {result.epochs_run}; validation AUC {result.auc:.4f}"
+                + (f"; resumed from epoch {result.resumed_from_epoch}" if result.resumed_from_epoch else "")
+            ),
         )
     return version
 

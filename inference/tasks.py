@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from django.conf import settings
 from celery.signals import worker_ready
 
 from .jobs import execute_training_run
@@ -19,7 +20,6 @@ def run_training(self, run_id: int) -> str:
     return execute_training_run(run_id=run_id, worker=self.request.hostname or "worker")
 
 
-@shared_task(name="inference.recover_stale_runs")
 def recover_stale_runs() -> list[int]:
     """Queue again every run left `running` by a worker that stopped sending heartbeats."""
     stale = list(
@@ -28,11 +28,14 @@ def recover_stale_runs() -> list[int]:
     )
     for pk in stale:
         log.warning("training run %s lost its worker; queueing it to resume from its checkpoint", pk)
-        run_training.delay(pk)
+        run_training.apply_async(args=[pk], queue=settings.TRAINING_QUEUE)
     return stale
 
 
 @worker_ready.connect
 def _recover_on_start(sender=None, **kwargs):
-    """A worker that starts (e.g. after a crash) queues again the runs its predecessor left behind."""
-    recover_stale_runs.delay()
+    """A training worker that starts (e.g. after a crash) queues again what its predecessor left."""
+    consumer = getattr(sender, "task_consumer", None)
+    queues = {q.name for q in getattr(consumer, "queues", [])}
+    if settings.TRAINING_QUEUE in queues:
+        recover_stale_runs()

@@ -1,0 +1,1 @@
+"""Runnable experiments on real pixels (``python -m inference.experiments.<name>``)."""

@@ -1,0 +1,173 @@
+"""A configurable ResNet with BasicBlocks (He et al. 2016): ResNet-18 and a small variant.
+
+``resnet18`` is torchvision's layout (7x7 stride-2 stem, max pool, stages of 64/128/256/512 with
+2 blocks each), so ImageNet weights saved from torchvision's ``resnet18`` load through
+:func:`load_torchvision_state_dict`. ``resnet-small`` is meant for small patches trained from
+scratch: a 3x3 stem, no max pool, widths 32/64/128/256.
+
+Stride-2 places, in order: the stem conv, the max pool (ImageNet stem only), then the first block
+of every stage after the first. ``output_stride`` keeps the first ``log2(output_stride)`` of them
+(default chosen from ``input_size`` as in :mod:`inference.models.mobilenetv2`: 40 px -> 8).
+``padding="valid"`` removes all zero padding for dense scanning; shortcuts are cropped by a fixed
+offset (1 + stride) // stride so the net stays translation-equivariant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .layers import (
+    ConvBNAct,
+    Padding,
+    PatchClassifier,
+    check_padding,
+    crop_to,
+    default_output_stride,
+    pad_for,
+    stride_plan,
+)
+from .weights import load_torchvision_state_dict
+
+__all__ = ["BasicBlock", "ResNet", "load_torchvision_state_dict"]
+
+Stem = Literal["imagenet", "small"]
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv + BN layers with a shortcut (1x1 conv + BN when the shape changes)."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, *, stride: int, padding: Padding = "same"
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(
+            in_channels, out_channels, 3, stride=stride, padding=pad_for(3, padding), bias=False
+        )
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(
+            out_channels, out_channels, 3, padding=pad_for(3, padding), bias=False
+        )
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+        # valid padding: conv1 shifts by 1 input pixel, conv2 by `stride`; in output pixels
+        self.crop = (1 + stride) // stride if padding == "valid" else 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + crop_to(identity, out, self.crop))
+
+
+class ResNet(PatchClassifier):
+    """ResNet with BasicBlocks.
+
+    Args (keyword-only):
+        num_classes: outputs of the final linear layer.
+        blocks: blocks per stage (ResNet-18: 2, 2, 2, 2).
+        widths: channels per stage (ResNet-18: 64, 128, 256, 512).
+        stem: ``"imagenet"`` (7x7 stride 2 + 3x3 max pool) or ``"small"`` (3x3 conv).
+        stem_channels: defaults to ``widths[0]``.
+        input_size, output_stride, padding: as for :class:`~inference.models.mobilenetv2.MobileNetV2`.
+        dropout: before the classifier (torchvision's ResNet has none: 0).
+    """
+
+    name = "resnet"
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 2,
+        blocks: Sequence[int] = (2, 2, 2, 2),
+        widths: Sequence[int] = (64, 128, 256, 512),
+        stem: Stem = "imagenet",
+        stem_channels: int | None = None,
+        input_size: int | None = None,
+        output_stride: int | None = None,
+        padding: Padding = "same",
+        dropout: float = 0.0,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        padding = check_padding(padding)
+        blocks, widths = [int(b) for b in blocks], [int(w) for w in widths]
+        if len(blocks) != len(widths) or not blocks:
+            raise ValueError("blocks and widths need one entry per stage")
+        if stem not in ("imagenet", "small"):
+            raise ValueError(f"stem must be 'imagenet' or 'small', not {stem!r}")
+        stem_channels = stem_channels or widths[0]
+        n_sites = (2 if stem == "imagenet" else 1) + len(blocks) - 1
+        if output_stride is None:
+            output_stride = default_output_stride(input_size, max_stride=2**n_sites)
+        plan = iter(stride_plan(n_sites, output_stride))
+        self.config = {
+            "num_classes": num_classes,
+            "blocks": blocks,
+            "widths": widths,
+            "stem": stem,
+            "stem_channels": stem_channels,
+            "input_size": input_size,
+            "output_stride": output_stride,
+            "padding": padding,
+            "dropout": dropout,
+            "in_channels": in_channels,
+        }
+        self.padding = padding
+        self.output_stride = output_stride
+        self.input_size = input_size
+        self.in_channels = in_channels
+
+        kernel = 7 if stem == "imagenet" else 3
+        self.stem = ConvBNAct(
+            in_channels,
+            stem_channels,
+            kernel_size=kernel,
+            stride=next(plan),
+            padding=padding,
+            activation=nn.ReLU,
+        )
+        self.pool: nn.Module = nn.Identity()
+        if stem == "imagenet":
+            pool_stride = next(plan)
+            self.pool = nn.MaxPool2d(3, stride=pool_stride, padding=pad_for(3, padding))
+        stages: list[nn.Module] = []
+        channels = stem_channels
+        for s, (n, width) in enumerate(zip(blocks, widths, strict=True)):
+            stride = next(plan) if s > 0 else 1
+            layer = [BasicBlock(channels, width, stride=stride, padding=padding)]
+            layer += [BasicBlock(width, width, stride=1, padding=padding) for _ in range(n - 1)]
+            stages.append(nn.Sequential(*layer))
+            channels = width
+        self.stages = nn.Sequential(*stages)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(channels, num_classes)
+        self.init_weights()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.pool(self.stem(x)))
+
+    def torchvision_key_map(self) -> dict[str, str]:
+        """Ours -> torchvision: ``stem.conv``/``stem.bn`` are ``conv1``/``bn1``, ``stages.{s}`` is
+        ``layer{s+1}``, ``fc`` is ``fc``."""
+        mapping: dict[str, str] = {}
+        for key in self.state_dict():
+            if key.startswith("stem.conv."):
+                mapping[key] = "conv1." + key[len("stem.conv.") :]
+            elif key.startswith("stem.bn."):
+                mapping[key] = "bn1." + key[len("stem.bn.") :]
+            elif key.startswith("stages."):
+                stage, rest = key[len("stages.") :].split(".", 1)
+                mapping[key] = f"layer{int(stage) + 1}.{rest}"
+            else:
+                mapping[key] = key
+        return mapping
