@@ -118,6 +118,12 @@ class ModelVersion(models.Model):
     curves = models.JSONField(default=dict, blank=True, help_text="per-epoch losses, AUC, accuracy")
     device = models.CharField(max_length=40, blank=True)
     training_seconds = models.FloatField(default=0)
+    # Locked operating point from validation nodes (see inference.thresholds).
+    threshold = models.FloatField(null=True, blank=True, help_text="node positive at or above this score")
+    threshold_method = models.CharField(max_length=80, blank=True)
+    threshold_metrics = models.JSONField(
+        default=dict, blank=True, help_text="sensitivity, specificity, accuracy with bootstrap 95% CIs"
+    )
     is_live = models.BooleanField(default=False)
     promoted_at = models.DateTimeField(null=True, blank=True)
     promoted_by = models.ForeignKey(
@@ -133,3 +139,104 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class ScoringRun(models.Model):
+    """Rescoring a set of slides with a model (the cascade of a primary and, optionally, a secondary)."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed (some slides)"
+
+    class Trigger(models.TextChoices):
+        PROMOTION = "promotion", "Model promoted"
+        IMPORT = "import", "Slide imported"
+        MANUAL = "manual", "Manual"
+
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="scoring_runs")
+    secondary_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="secondary_scoring_runs"
+    )
+    threshold = models.FloatField(null=True, blank=True)
+    trigger = models.CharField(max_length=20, choices=Trigger.choices, default=Trigger.MANUAL)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    slides_total = models.PositiveIntegerField(default=0)
+    slides_done = models.PositiveIntegerField(default=0)
+    slides_failed = models.PositiveIntegerField(default=0)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"scoring run {self.pk} with {self.model_version}"
+
+
+class SlideScoring(models.Model):
+    """One slide's job within a ScoringRun: one Celery task on the training queue."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    scoring_run = models.ForeignKey(ScoringRun, on_delete=models.CASCADE, related_name="slide_jobs")
+    slide = models.ForeignKey("slides.Slide", on_delete=models.CASCADE, related_name="scorings")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    status_reason = models.TextField(blank=True)
+    progress = models.FloatField(default=0.0)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    seconds = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["scoring_run", "slide"], name="one_job_per_slide_per_run")]
+
+
+class HeatMap(models.Model):
+    """A slide's tumour-probability raster (one value per stride cell), written atomically."""
+
+    slide = models.ForeignKey("slides.Slide", on_delete=models.CASCADE, related_name="heatmaps")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="heatmaps")
+    secondary_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    scoring_run = models.ForeignKey(ScoringRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="heatmaps")
+    raster_path = models.CharField(max_length=1024)
+    stride_px = models.FloatField(help_text="level-0 px per raster cell")
+    window_px = models.FloatField(help_text="level-0 px of the classifier window")
+    rows = models.PositiveIntegerField()
+    cols = models.PositiveIntegerField()
+    max_score = models.FloatField()
+    max_x = models.FloatField(help_text="level-0 x of the highest-scoring cell's centre")
+    max_y = models.FloatField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+
+class NodeScore(models.Model):
+    """A node's score (the maximum pixel score over its slides) from one model version."""
+
+    node = models.ForeignKey("slides.Node", on_delete=models.CASCADE, related_name="scores")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="node_scores")
+    scoring_run = models.ForeignKey(ScoringRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="node_scores")
+    score = models.FloatField()
+    threshold = models.FloatField(null=True, blank=True)
+    screened_positive = models.BooleanField(null=True, help_text="score >= threshold; null without a threshold")
+    max_heatmap = models.ForeignKey(HeatMap, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    max_x = models.FloatField(null=True, blank=True)
+    max_y = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["node", "-created_at"])]
