@@ -1,6 +1,8 @@
 // Build the browser bundle into static/dist/ (served by Django's staticfiles / WhiteNoise):
-//   dist/viewer.js, dist/main.js   esbuild bundles of src/*.js (ES modules, minified, sourcemaps)
-//   dist/app.css, dist/viewer.css  src/*.css, minified, with sourcemaps
+//   dist/viewer.js, dist/main.js   esbuild bundles of src/*.js (ES modules, minified, sourcemaps);
+//                                  viewer.js pulls in the annotation tools (src/annotations.js,
+//                                  src/annotate-*.js, polygon-clipping)
+//   dist/app.css, dist/viewer.css, dist/annotations.css   every src/*.css, minified, with sourcemaps
 //   dist/osd-images/*.png          OpenSeadragon's button images (prefixUrl of the viewer)
 // `node build.mjs --watch` rebuilds on change.
 import { copyFile, mkdir, readdir, rm } from "node:fs/promises";
@@ -15,7 +17,7 @@ const outdir = join(here, "static", "dist");
 const osdImages = join(here, "node_modules", "openseadragon", "build", "openseadragon", "images");
 const watch = process.argv.includes("--watch");
 
-const JS_ENTRIES = ["viewer.js", "main.js"];
+const JS_ENTRIES = ["viewer.js", "main.js", "review.js"];
 
 async function sources(suffix, names = null) {
   const files = names ?? (await readdir(src)).filter((name) => name.endsWith(suffix)).sort();

@@ -55,6 +55,41 @@ def _hash_files(paths: list[Path], root: Path) -> str:
     return digest.hexdigest()
 
 
+def read_patch_arrays(path: Path):
+    """Patches from an .npz file (read into memory) or a folder of .npy files (memory-mapped).
+
+    The folder holds images.npy (N, H, W, 3) uint8, labels.npy (N,), and optionally groups.npy and
+    classes.txt (one class name a line).
+    """
+    import numpy as np
+
+    if path.is_dir():
+        if not (path / "images.npy").is_file():
+            raise TrainingRequestError(f"{path} has no images.npy")
+        images = np.load(path / "images.npy", mmap_mode="r")
+        labels = np.load(path / "labels.npy")
+        groups = np.load(path / "groups.npy") if (path / "groups.npy").is_file() else None
+        classes_file = path / "classes.txt"
+        classes = classes_file.read_text().split("\n") if classes_file.is_file() else None
+        return images, labels, groups, [c for c in classes if c] if classes else None
+    if not path.is_file():
+        raise TrainingRequestError(f"patch array file {path} does not exist")
+    with np.load(path, allow_pickle=False) as data:
+        images, labels = data["images"], data["labels"]
+        groups = data["groups"] if "groups" in data else None
+        classes = [str(c) for c in data["classes"]] if "classes" in data else None
+    return images, labels, groups, classes
+
+
+def _hash_arrays(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(path.iterdir()) if path.is_dir() else [path]:
+        with open(file, "rb") as fh:
+            while block := fh.read(8 * 1024 * 1024):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def load_dataset(source: dict[str, Any]) -> LoadedDataset:
     """Open the dataset a run names and split it (by group when groups are known)."""
     from .datasets import ArrayPatchDataset, ImageFolderPatchDataset, split_indices
@@ -78,16 +113,9 @@ def load_dataset(source: dict[str, Any]) -> LoadedDataset:
         content_hash = _hash_files([Path(f) for f in files], root)
     elif kind == "arrays":
         path = Path(source.get("path", ""))
-        if not path.is_file():
-            raise TrainingRequestError(f"patch array file {path} does not exist")
-        import numpy as np
-
-        with np.load(path, allow_pickle=False) as data:
-            images, labels = data["images"], data["labels"]
-            groups = data["groups"] if "groups" in data else None
-            classes = [str(c) for c in data["classes"]] if "classes" in data else None
+        images, labels, groups, classes = read_patch_arrays(path)
         dataset = ArrayPatchDataset(images, labels, groups=groups, classes=classes)
-        content_hash = hashlib.sha256(path.read_bytes()).hexdigest()
+        content_hash = _hash_arrays(path)
     elif kind == "snapshot":
         from annotations.datasets import open_snapshot
 
@@ -144,9 +172,7 @@ def check_dataset(source: dict[str, Any]) -> dict[str, int]:
         if not path.exists():
             raise TrainingRequestError(f"dataset path {source.get('path')!r} does not exist")
         if kind == "arrays":
-            with np.load(path, allow_pickle=False) as data:
-                labels = data["labels"]
-                names = [str(c) for c in data["classes"]] if "classes" in data else None
+            _images, labels, _groups, names = read_patch_arrays(path)
             values, n = np.unique(labels, return_counts=True)
             counts = {(names[int(v)] if names else str(int(v))): int(c) for v, c in zip(values, n, strict=True)}
         else:

@@ -9,6 +9,7 @@
  * `detail` is `{viewer, info}`, where `info` is the tile-source JSON of the slide).
  */
 import OpenSeadragon from "openseadragon";
+import { mountAnnotations } from "./annotations.js";
 
 /** Round physical lengths the scale bar may show, in micrometres. */
 export const SCALE_LENGTHS_UM = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000];
@@ -298,6 +299,10 @@ export function boot(root = document) {
       window.nodescopeViewer = viewer;
       const detail = { viewer, info: viewer.nodescope.info };
       document.dispatchEvent(new CustomEvent("nodescope:viewer-open", { detail }));
+      // Drawing tools, where the page has a toolbar for them (slides/viewer.html).
+      if (document.getElementById("annotation-toolbar")) {
+        mountAnnotations(viewer, { toolbar: "annotation-toolbar" }).catch((error) => console.error(error));
+      }
       whenFirstDrawn(viewer, () => {
         document.body.dataset.viewerReady = "1";
         document.dispatchEvent(new CustomEvent("nodescope:viewer-ready", { detail }));
