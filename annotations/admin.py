@@ -76,3 +76,33 @@ class AnnotationImportAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+
+from .models import Dataset  # noqa: E402  (appended with the Dataset model)
+
+
+@admin.register(Dataset)
+class DatasetAdmin(admin.ModelAdmin):
+    """Snapshots are made by `create_snapshot` (or `manage.py make_dataset`), never edited here."""
+
+    list_display = [
+        "name",
+        "status",
+        "total_patches",
+        "extracted_patches",
+        "patch_px",
+        "target_mpp",
+        "created_by",
+        "created_at",
+        "content_hash",
+    ]
+    list_filter = ["status"]
+    search_fields = ["name", "content_hash"]
+    exclude = ["slides"]
+    readonly_fields = [f.name for f in Dataset._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -181,3 +181,174 @@ class AnnotationHistory(models.Model):
 
     def __str__(self) -> str:
         return f"annotation {self.annotation_id} v{self.version} {self.action}"
+
+
+class DatasetFrozen(Exception):
+    """An attempt to change what a dataset snapshot holds; only its extraction state may change."""
+
+
+class Dataset(models.Model):
+    """An immutable snapshot of patch labels for training (see `annotations.datasets`).
+
+    What it holds is fixed at creation: the slides (ids and checksums in `slide_records`), the
+    annotation versions the labels came from, the grid, the sampling, the split by case, the class
+    counts and the `content_hash` over all of them. The per-slide label arrays are written to
+    `folder` at creation, so later annotation edits never change the snapshot. Only the extraction
+    of the patch pixels moves on: pending → extracting → ready | failed (with its reason).
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        EXTRACTING = "extracting", "Extracting"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    # The extraction state; every other concrete field is frozen once the row exists.
+    MUTABLE_FIELDS = frozenset(
+        {
+            "status",
+            "status_reason",
+            "progress",
+            "extracted_patches",
+            "worker",
+            "attempts",
+            "heartbeat_at",
+            "started_at",
+            "finished_at",
+        }
+    )
+
+    name = models.CharField(max_length=120, unique=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    slides = models.ManyToManyField(
+        "slides.Slide",
+        related_name="datasets",
+        blank=True,
+        help_text="For look-ups; the record that counts is slide_records",
+    )
+    slide_records = models.JSONField(
+        default=list, help_text="Per slide: id, name, checksum, case, node, mpp, patches"
+    )
+    annotation_versions = models.JSONField(
+        default=dict, help_text="{annotation id: version} the labels were derived from"
+    )
+    patch_px = models.PositiveIntegerField(default=40, help_text="Patch side in px at target_mpp")
+    target_mpp = models.FloatField(default=1.0, help_text="µm per pixel of the patches")
+    stride_px = models.PositiveIntegerField(default=40, help_text="Grid stride in px at target_mpp")
+    min_tissue = models.FloatField(default=0.5, help_text="Least tissue share of a kept patch")
+    seed = models.IntegerField(default=0)
+    val_fraction = models.FloatField(default=0.3)
+    max_per_class = models.PositiveIntegerField(null=True, blank=True)
+    balanced = models.BooleanField(default=False)
+    classes = models.JSONField(default=list, help_text="Fine label classes (index = fine label)")
+    training_classes = models.JSONField(
+        default=list, help_text="Training label names (index = label)"
+    )
+    class_counts = models.JSONField(default=dict, help_text="Patches per fine class")
+    split = models.JSONField(default=dict, help_text="Cases, patches and counts per side")
+    total_patches = models.PositiveIntegerField(default=0)
+    content_hash = models.CharField(max_length=64, db_index=True)
+
+    status = models.CharField(
+        max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True
+    )
+    status_reason = models.TextField(blank=True)
+    progress = models.JSONField(default=dict, blank=True)
+    extracted_patches = models.PositiveIntegerField(default=0)
+    worker = models.CharField(max_length=200, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"dataset {self.name} ({self.status})"
+
+    def save(self, *args, **kwargs) -> None:
+        if not self._state.adding:
+            fields = kwargs.get("update_fields")
+            if fields is None or set(fields) - self.MUTABLE_FIELDS:
+                raise DatasetFrozen(
+                    f"dataset {self.pk} is an immutable snapshot: create a new one instead of "
+                    "changing it (only its extraction state can be saved, with update_fields)"
+                )
+        super().save(*args, **kwargs)
+
+    @property
+    def folder(self):
+        """Where its label and patch arrays live: RESULTS_DIR/datasets/<id>."""
+        from pathlib import Path
+
+        return Path(settings.RESULTS_DIR) / "datasets" / str(self.pk)
+
+    @classmethod
+    def stale_before(cls):
+        from datetime import timedelta
+
+        from django.utils import timezone
+
+        return timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS)
+
+    def claim(self, *, worker: str) -> bool:
+        """pending, failed, or extracting with a stale heartbeat → extracting (conditional update)."""
+        from django.utils import timezone
+
+        now = timezone.now()
+        claimable = (
+            Q(status=self.Status.PENDING)
+            | Q(status=self.Status.FAILED)
+            | Q(status=self.Status.EXTRACTING, heartbeat_at__lt=self.stale_before())
+            | Q(status=self.Status.EXTRACTING, heartbeat_at__isnull=True)
+        )
+        won = Dataset.objects.filter(claimable, pk=self.pk).update(
+            status=self.Status.EXTRACTING,
+            status_reason="",
+            worker=worker[:200],
+            started_at=now,
+            heartbeat_at=now,
+            finished_at=None,
+            attempts=models.F("attempts") + 1,
+        )
+        self.refresh_from_db()
+        return won == 1
+
+    def record_progress(self, *, done: int, total: int, slide_id: int | None = None) -> None:
+        """Write how far extraction is, and a heartbeat."""
+        from django.utils import timezone
+
+        Dataset.objects.filter(pk=self.pk, status=self.Status.EXTRACTING).update(
+            extracted_patches=done,
+            progress={
+                "done": done,
+                "total": total,
+                "fraction": round(done / total, 4) if total else 1.0,
+                "slide": slide_id,
+            },
+            heartbeat_at=timezone.now(),
+        )
+
+    def finish(self, status: str, *, reason: str = "") -> None:
+        """extracting → ready or failed (with its reason)."""
+        from django.utils import timezone
+
+        fields: dict = {
+            "status": status,
+            "status_reason": reason[:5000],
+            "finished_at": timezone.now(),
+        }
+        if status == self.Status.READY:
+            fields["extracted_patches"] = self.total_patches
+            fields["progress"] = {
+                "done": self.total_patches,
+                "total": self.total_patches,
+                "fraction": 1.0,
+                "slide": None,
+            }
+        Dataset.objects.filter(pk=self.pk, status=self.Status.EXTRACTING).update(**fields)
+        self.refresh_from_db()
