@@ -85,19 +85,17 @@ def resolve_label_class(
 # ---- viewport queries ---------------------------------------------------------------------------
 
 
-def viewport_annotations(
+def viewport_queryset(
     *,
     slide: Slide,
     bbox: tuple[float, float, float, float] | None = None,
     authors: Sequence[int] | None = None,
     class_keys: Sequence[str] | None = None,
     include_deleted: bool = False,
-) -> list[Annotation]:
-    """Annotations of a slide whose polygon intersects `bbox` (x0, y0, x1, y1, level-0 px).
+):
+    """Annotations of a slide whose indexed bbox meets `bbox`, in id order (a lazy queryset).
 
-    The indexed bbox columns narrow the rows in the database; shapely then drops those whose bbox
-    meets the viewport but whose polygon does not (an L-shape around a corner), so the answer is
-    exactly the intersecting polygons. Rows whose bbox lies inside the viewport skip that test.
+    Callers page it in SQL and then call `drop_non_intersecting` on the page.
     """
     qs = (
         Annotation.objects.filter(slide=slide)
@@ -110,10 +108,21 @@ def viewport_annotations(
         qs = qs.filter(author_id__in=list(authors))
     if class_keys is not None:
         qs = qs.filter(label_class__key__in=list(class_keys))
+    if bbox is not None:
+        x0, y0, x1, y1 = bbox
+        qs = qs.filter(min_x__lte=x1, max_x__gte=x0, min_y__lte=y1, max_y__gte=y0)
+    return qs
+
+
+def drop_non_intersecting(
+    rows: Sequence[Annotation], bbox: tuple[float, float, float, float] | None
+) -> list[Annotation]:
+    """Drop rows whose bbox meets the viewport but whose polygon does not (an L-shape round a
+    corner). Rows whose bbox lies inside the viewport skip the shapely test."""
+    rows = list(rows)
     if bbox is None:
-        return list(qs)
+        return rows
     x0, y0, x1, y1 = bbox
-    rows = list(qs.filter(min_x__lte=x1, max_x__gte=x0, min_y__lte=y1, max_y__gte=y0))
     edge = [
         a for a in rows if not (a.min_x >= x0 and a.max_x <= x1 and a.min_y >= y0 and a.max_y <= y1)
     ]
@@ -123,6 +132,26 @@ def viewport_annotations(
         missed = {a.pk for a, hit in zip(edge, hits, strict=True) if not hit}
         rows = [a for a in rows if a.pk not in missed]
     return rows
+
+
+def viewport_annotations(
+    *,
+    slide: Slide,
+    bbox: tuple[float, float, float, float] | None = None,
+    authors: Sequence[int] | None = None,
+    class_keys: Sequence[str] | None = None,
+    include_deleted: bool = False,
+) -> list[Annotation]:
+    """Annotations of a slide whose polygon intersects `bbox` (x0, y0, x1, y1, level-0 px).
+
+    The indexed bbox columns narrow the rows in the database; shapely then drops those whose bbox
+    meets the viewport but whose polygon does not, so the answer is exactly the intersecting
+    polygons.
+    """
+    qs = viewport_queryset(
+        slide=slide, bbox=bbox, authors=authors, class_keys=class_keys, include_deleted=include_deleted
+    )
+    return drop_non_intersecting(qs, bbox)
 
 
 # ---- single annotations -------------------------------------------------------------------------

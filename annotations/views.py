@@ -176,15 +176,19 @@ class SlideAnnotations(APIView):
             )
             if unknown:
                 raise ValidationError({"class": [f"unknown label class(es): {', '.join(unknown)}"]})
-        rows = services.viewport_annotations(
+        bbox = parse_bbox(params.get("bbox"))
+        candidates = services.viewport_queryset(
             slide=slide,
-            bbox=parse_bbox(params.get("bbox")),
+            bbox=bbox,
             authors=authors,
             class_keys=class_keys,
             include_deleted=params.get("deleted") in ("1", "true"),
         )
+        # Paged in SQL over the bbox candidates; the exact polygon test then runs on the page only,
+        # so a page can hold fewer rows than `limit` and `count` is an upper bound. Clients follow
+        # `next` until it is null.
         paginator = AnnotationPagination()
-        page = paginator.paginate_queryset(rows, request, view=self)
+        page = services.drop_non_intersecting(paginator.paginate_queryset(candidates, request, view=self), bbox)
         return paginator.get_paginated_response(AnnotationSerializer(page, many=True).data)
 
     @extend_schema(
