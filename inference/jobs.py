@@ -117,9 +117,12 @@ def load_dataset(source: dict[str, Any]) -> LoadedDataset:
         dataset = ArrayPatchDataset(images, labels, groups=groups, classes=classes)
         content_hash = _hash_arrays(path)
     elif kind == "snapshot":
-        from annotations.datasets import open_snapshot
+        from annotations.datasets import DatasetError, open_snapshot
 
-        train_set, val_set, content_hash, summary = open_snapshot(int(source["id"]))
+        try:
+            train_set, val_set, content_hash, summary = open_snapshot(int(source["id"]))
+        except DatasetError as exc:
+            raise TrainingRequestError(str(exc)) from exc
         return LoadedDataset(train=train_set, val=val_set, content_hash=content_hash, summary=summary)
     else:
         raise TrainingRequestError(f"unknown dataset kind {kind!r} (use image-folder, arrays or snapshot)")
@@ -164,9 +167,19 @@ def check_dataset(source: dict[str, Any]) -> dict[str, int]:
 
     kind = source.get("kind")
     if kind == "snapshot":
-        from annotations.datasets import snapshot_class_counts
+        from annotations.models import Dataset
 
-        counts = snapshot_class_counts(int(source.get("id", 0)))
+        try:
+            snapshot = Dataset.objects.get(pk=int(source.get("id", 0)))
+        except (Dataset.DoesNotExist, TypeError, ValueError) as exc:
+            raise TrainingRequestError(f"no dataset snapshot {source.get('id')!r}") from exc
+        if snapshot.status != Dataset.Status.READY:
+            raise TrainingRequestError(
+                f"dataset snapshot {snapshot.pk} is {snapshot.status}, not ready"
+                + (f": {snapshot.status_reason}" if snapshot.status_reason else "")
+            )
+        split = snapshot.split or {}
+        counts = dict((split.get("train") or {}).get("training_counts") or {}) or dict(snapshot.class_counts)
     elif kind in ("image-folder", "arrays"):
         path = Path(str(source.get("path", "")))
         if not path.exists():

@@ -72,12 +72,32 @@ def test_bad_dataset_fails_truthfully_without_a_model(db, blob_folder):
         ({"recipe": {"learning_rat": 1}}, "unknown recipe fields"),
         ({"dataset_source": {"kind": "image-folder", "path": "/nonexistent"}}, "does not exist"),
         ({"dataset_source": {"kind": "pickle", "path": "/"}}, "unknown dataset kind"),
+        ({"recipe": {"learning_rate": 50.0}}, "learning_rate=50.0 is outside"),
+        ({"recipe": {"max_epochs": 100000}}, "max_epochs=100000 is outside"),
+        ({"recipe": {"batch_size": 0}}, "batch sizes and max_epochs must be positive"),
     ],
 )
 def test_bad_requests_are_refused(db, blob_folder, kwargs, message):
     request = {"dataset_source": {"kind": "image-folder", "path": str(blob_folder)}, "enqueue": False, **kwargs}
     with pytest.raises(TrainingRequestError, match=message):
         launch_training(**request)
+    assert not TrainingRun.objects.exists()
+
+
+def test_empty_and_one_class_datasets_are_refused_before_queueing(db, tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "tumour").mkdir(parents=True)
+    with pytest.raises(TrainingRequestError, match="no labelled images"):
+        launch_training(dataset_source={"kind": "image-folder", "path": str(empty)}, enqueue=False)
+    one = write_blob_folder(tmp_path / "one", n=4)
+    for png in (one / "normal").glob("*.png"):
+        png.unlink()
+    with pytest.raises(TrainingRequestError, match="one class only"):
+        launch_training(dataset_source={"kind": "image-folder", "path": str(one)}, enqueue=False)
+    arrays = tmp_path / "a.npz"
+    np.savez(arrays, images=np.zeros((3, 8, 8, 3), np.uint8), labels=np.array([1, 1, 1]))
+    with pytest.raises(TrainingRequestError, match="one class only"):
+        launch_training(dataset_source={"kind": "arrays", "path": str(arrays)}, enqueue=False)
     assert not TrainingRun.objects.exists()
 
 
@@ -120,3 +140,9 @@ def test_promote_and_roll_back(db, blob_folder, people):
     from audit.models import AuditEvent
 
     assert AuditEvent.objects.filter(action="model promoted").count() == 3
+
+
+def test_snapshot_datasets_must_exist_and_be_ready(db):
+    with pytest.raises(TrainingRequestError, match="no dataset snapshot"):
+        launch_training(dataset_source={"kind": "snapshot", "id": 999}, enqueue=False)
+    assert not TrainingRun.objects.exists()
