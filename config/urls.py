@@ -11,6 +11,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
 from inference import urls as inference_urls
+from review import urls as review_urls
 from slides import urls as slide_urls
 from slides.auth import ThrottledLoginView
 from slides import views as slide_views
@@ -30,5 +31,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include(api_urls)),
     path("", include(inference_urls.page_urls)),
+    path("", include(review_urls.page_urls)),
     path("", include(slide_urls.page_urls)),
 ]

@@ -170,6 +170,7 @@ export class ReviewPage {
     const response = await fetch(url, {
       method: "POST",
       credentials: "same-origin",
+      keepalive: true, // a region recorded as the viewer opens in this tab still arrives
       headers: { "Content-Type": "application/json", Accept: "application/json", "X-CSRFToken": this.csrf },
       body: JSON.stringify(body),
     });
