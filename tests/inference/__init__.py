@@ -1,0 +1,1 @@
+"""Models, datasets, augmentation, metrics and training of the inference app (no database)."""
