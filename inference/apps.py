@@ -18,3 +18,6 @@ class InferenceConfig(AppConfig):
     def import_models(self) -> None:
         self.models = self.apps.all_models[self.label]
         self.models_module = import_module(f"{self.name}.records")
+
+    def ready(self) -> None:
+        from . import signals  # noqa: F401 - scores newly imported slides

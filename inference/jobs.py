@@ -363,8 +363,9 @@ def code_version() -> str:
 # ---- promotion ---------------------------------------------------------------------------------
 
 
-def promote(*, version: ModelVersion, user=None) -> ModelVersion:
-    """Make `version` the live model of its stage (the previous live one steps down)."""
+def promote(*, version: ModelVersion, user=None, rescore: bool = True) -> ModelVersion:
+    """Make `version` the live model of its stage (the previous live one steps down) and, after the
+    commit, rescore every slide with the live cascade (one task per slide on the `gpu` queue)."""
     with transaction.atomic():
         ModelVersion.objects.select_for_update().filter(stage=version.stage, is_live=True).exclude(
             pk=version.pk
@@ -373,6 +374,10 @@ def promote(*, version: ModelVersion, user=None) -> ModelVersion:
             is_live=True, promoted_at=timezone.now(), promoted_by=user if user is not None and user.is_authenticated else None
         )
         record(actor=user, action="model promoted", obj=version, stage=version.stage)
+        if rescore:
+            from .rescoring import rescore_after_promotion
+
+            transaction.on_commit(lambda: rescore_after_promotion(version=version, user=user))
     version.refresh_from_db()
     return version
 

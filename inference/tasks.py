@@ -39,3 +39,25 @@ def _recover_on_start(sender=None, **kwargs):
     queues = {q.name for q in getattr(consumer, "queues", [])}
     if settings.TRAINING_QUEUE in queues:
         recover_stale_runs()
+
+
+# ---- scoring (inference.rescoring) -----------------------------------------------------------
+
+
+@shared_task(bind=True, name="inference.score_slide", acks_late=True, reject_on_worker_lost=True)
+def score_slide(self, slide_scoring_id: int) -> str:
+    """Scan one slide of a ScoringRun into its heat map; idempotent (see `score_slide_job`)."""
+    from .rescoring import score_slide_job
+
+    return score_slide_job(slide_scoring_id, worker=self.request.hostname or "worker")
+
+
+@worker_ready.connect
+def _recover_scoring_on_start(sender=None, **kwargs):
+    """A scoring worker that starts queues again the slides its predecessor left half-scored."""
+    consumer = getattr(sender, "task_consumer", None)
+    queues = {q.name for q in getattr(consumer, "queues", [])}
+    if settings.TRAINING_QUEUE in queues:
+        from .rescoring import recover_stale_slide_jobs
+
+        recover_stale_slide_jobs()

@@ -108,6 +108,8 @@ class MobileNetV2(PatchClassifier):
         inverted_residual_setting: (t, c, n, s) per stage; a stage with s = 2 is a place where
             ``output_stride`` may downsample.
         dropout: before the classifier (0.2 in torchvision).
+        zero_init_residual: start every residual branch at zero (its last BN scale = 0), so each
+            block begins as the identity; speeds up training from scratch (Goyal et al. 2017).
     """
 
     name = "mobilenetv2"
@@ -126,6 +128,7 @@ class MobileNetV2(PatchClassifier):
         last_channels: int = 1280,
         dropout: float = 0.2,
         in_channels: int = 3,
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         padding = check_padding(padding)
@@ -151,6 +154,7 @@ class MobileNetV2(PatchClassifier):
             "last_channels": last_channels,
             "dropout": dropout,
             "in_channels": in_channels,
+            "zero_init_residual": zero_init_residual,
         }
         self.padding = padding
         self.output_stride = output_stride
@@ -178,6 +182,10 @@ class MobileNetV2(PatchClassifier):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(head, num_classes)
         self.init_weights()
+        if zero_init_residual:
+            for block in self.blocks:
+                if block.use_residual:
+                    nn.init.zeros_(block.project_bn.weight)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)))

@@ -80,6 +80,8 @@ class ResNet(PatchClassifier):
         stem_channels: defaults to ``widths[0]``.
         input_size, output_stride, padding: as for :class:`~inference.models.mobilenetv2.MobileNetV2`.
         dropout: before the classifier (torchvision's ResNet has none: 0).
+        zero_init_residual: start every block's residual branch at zero (last BN scale = 0), as
+            torchvision's option of that name; helps training from scratch.
     """
 
     name = "resnet"
@@ -97,6 +99,7 @@ class ResNet(PatchClassifier):
         padding: Padding = "same",
         dropout: float = 0.0,
         in_channels: int = 3,
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         padding = check_padding(padding)
@@ -121,6 +124,7 @@ class ResNet(PatchClassifier):
             "padding": padding,
             "dropout": dropout,
             "in_channels": in_channels,
+            "zero_init_residual": zero_init_residual,
         }
         self.padding = padding
         self.output_stride = output_stride
@@ -152,6 +156,10 @@ class ResNet(PatchClassifier):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(channels, num_classes)
         self.init_weights()
+        if zero_init_residual:
+            for module in self.modules():
+                if isinstance(module, BasicBlock):
+                    nn.init.zeros_(module.bn2.weight)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.pool(self.stem(x)))

@@ -1,0 +1,21 @@
+"""Heat-map overlay API routes (mounted under /api/ by config/urls.py)."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from . import heatmap_views as views
+
+urlpatterns = [
+    path(
+        "slides/<int:pk>/heatmap/tilesource/",
+        views.heatmap_tilesource,
+        name="heatmap-tilesource",
+    ),
+    path(
+        "slides/<int:pk>/heatmap/tiles/<int:z>/<int:x>/<int:y>.png",
+        views.heatmap_tile,
+        name="heatmap-tile",
+    ),
+    path("slides/<int:pk>/heatmap/regions/", views.heatmap_regions, name="heatmap-regions"),
+]

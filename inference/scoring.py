@@ -1,0 +1,820 @@
+"""Dense scanning of slides with the patch classifier cascade (seed 002), exactly equal to the
+per-window patch loop, and the per-pixel tumour score as a box sum.
+
+What is computed
+----------------
+A ``window`` x ``window`` px window (40 px at 1.0 µm/px) slides over the slide with ``stride`` px
+(10). Every window in tissue is classified by the primary model; where the primary calls it tumour
+(probability >= its decision threshold, 0.5 by default) the secondary model, if any, decides again
+(the cascade). A window finally called tumour adds ``1 / n**2`` (n = window / stride = 4, so
+0.0625) to every pixel it covers. Pixels are grouped into stride cells (10 x 10 px), which all
+windows either cover completely or not at all, so the heat map is a raster with one value per
+cell: the number of covering tumour windows (0 ... 16), i.e. the score times 16, stored as uint8.
+
+Why the dense run equals the patch loop (max abs difference of probabilities <= 1e-4, tested)
+-------------------------------------------------------------------------------------------
+The classifier is ``forward_features`` -> global average pool -> linear layer. Dense scanning runs
+``forward_features`` once over a whole tile (many windows plus a halo) instead of once per window:
+
+1. **Valid padding.** With ``padding="valid"`` no layer pads, so a feature at position ``j`` of a
+   layer depends only on the input pixels of its receptive field, never on zeros placed at a
+   border. Convolutions are translation-equivariant: shifting the input by a multiple of the
+   layer's cumulative stride shifts its output by the corresponding number of positions. Residual
+   branches are centre-cropped by a fixed offset (``inference.models.layers.crop_to``), which is
+   the same whether the input is one window or a tile, so the equivariance survives them. With
+   "same" padding a window's border features see zeros where the tile has real pixels: dense
+   scanning cannot be exact, and :meth:`Classifier.check_dense` refuses such models. Train scoring
+   models with ``recipe.model_kwargs={"padding": "valid", ...}`` (see :data:`DENSE_MOBILENET`).
+2. **Batch norm in eval mode** is a fixed per-channel affine map (running statistics), the same
+   at every position and for every batch; ReLU6 and the other activations are pointwise. Dropout
+   is the identity in eval mode.
+3. **Total stride S** (the model's ``output_stride``). The features of the window whose top-left
+   corner is at tile offset ``p`` are the block of the tile's dense feature map starting at
+   ``p / S``, of the size ``feature_size(window)`` (fh x fw) - provided ``p`` is a multiple of S
+   (every stride-2 layer then sees the same pixel parity). When S divides the scoring stride every
+   wanted window is such a position: one dense run per tile. Otherwise (S = 4 or 8 with stride
+   10) :meth:`Classifier.dense_logits` uses shift-and-stitch: for each residue ``r`` of the wanted
+   offsets modulo S it runs the tile shifted by ``r`` (``S / gcd(S, stride)`` runs per axis), which
+   is exact but costs that many runs squared; hence :data:`DENSE_MOBILENET` uses S = 2.
+4. **The global average pool over a window's footprint** is ``avg_pool2d`` over the dense feature
+   map with kernel (fh, fw), sampled every ``stride / S`` positions; the linear layer is then
+   applied per position (an einsum with ``fc.weight``). Softmax gives the probability.
+5. **Tiles and halo.** A tile holds T x T windows (T = 24 on CPU, 64 on CUDA): its input is
+   ``(T - 1) * stride + window`` px, i.e. the windows' cells plus a halo of ``window - stride`` px
+   shared with the neighbouring tile, so every window lies entirely inside one tile and is
+   computed from real pixels only. Each tile is an input of its own, so only offsets relative to
+   its origin (multiples of the stride) matter. Tiles are batched by size; a smaller edge tile in
+   a batch is zero-padded, and the padding only reaches windows that are discarded.
+
+What remains is floating-point rounding: the dense and per-window runs sum the same products in
+different orders (different convolution algorithms for different input sizes), about 1e-6 in
+float32. On CUDA, scoring runs under fp16 autocast (fast, not bit-exact: a probability within
+~1e-3 of the decision threshold may flip); exactness is asserted on CPU in float32.
+
+The box sum
+-----------
+Cell (r, c) is covered by the windows (i, j) with r - n < i <= r and c - n < j <= c, so the count
+raster is the "full" correlation of the window-decision map with an n x n box of ones, computed
+exactly in integers from a 2-D cumulative sum (:func:`box_sum_full`), not by a loop over windows.
+
+Tissue
+------
+Cells holding any tissue (from :func:`annotations.tissue.tissue_mask`) are tissue cells; a window
+is scanned only if one of its cells is tissue, tiles without such windows are never read or
+computed, and the score of a cell without tissue is set to 0 (seed 002 removes the edge areas
+without tissue).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from inference.models.layers import PatchClassifier
+    from inference.records import ModelVersion
+    from slides.models import Slide
+
+__all__ = [
+    "DENSE_MOBILENET",
+    "Classifier",
+    "NotDenseScannable",
+    "ScanGeometry",
+    "ScanResult",
+    "ScoringError",
+    "box_sum_full",
+    "cells_from_mask",
+    "naive_window_probabilities",
+    "scan",
+    "scan_image",
+    "scan_slide",
+]
+
+#: MobileNetV2 settings for a dense-scanning model of seed 002's 40 px window: valid padding,
+#: total stride 2 (divides the 10 px scoring stride, so one dense run per tile is exact), a depth
+#: whose 3x3 layers fit a 40 px window (features 9 x 9). Use as ``recipe.model_kwargs`` (add
+#: ``"width_mult"``). Dense scanning then does about 6x less work per window than the patch loop
+#: (not 16x: with valid padding each window's deeper maps shrink, so the patch loop recomputes
+#: deep layers fewer than 16 times; see benchmarks/scoring.py).
+DENSE_MOBILENET: dict[str, Any] = {
+    "padding": "valid",
+    "output_stride": 2,
+    "inverted_residual_setting": [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 2, 2]],
+    "last_channels": 128,
+}
+
+Progress = Callable[[int, int], None]
+Reader = Callable[[int, int, int, int], np.ndarray]
+
+
+class ScoringError(ValueError):
+    """A slide or model that cannot be scored, with the reason."""
+
+
+class NotDenseScannable(ScoringError):  # noqa: N818 - the name says what is wrong
+    """The model cannot be run densely with an exact result (e.g. padding="same")."""
+
+
+# ---- geometry ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScanGeometry:
+    """The scanning grid in pixels at ``target_mpp`` µm/px (seed 002: 40 px, stride 10, 1.0)."""
+
+    window: int = 40
+    stride: int = 10
+    target_mpp: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.stride < 1 or self.target_mpp <= 0:
+            raise ScoringError("window, stride and target mpp must be positive")
+        if self.window % self.stride:
+            raise ScoringError(
+                f"the window ({self.window} px) must be a multiple of the stride ({self.stride} px)"
+                " so that every stride cell is covered by whole windows"
+            )
+
+    @property
+    def n(self) -> int:
+        """Windows covering a cell along one axis (4 for 40 / 10)."""
+        return self.window // self.stride
+
+    @property
+    def denominator(self) -> int:
+        """Windows covering an inner cell (16): one tumour window adds 1/denominator."""
+        return self.n * self.n
+
+    @property
+    def halo(self) -> int:
+        """Pixels a tile shares with its neighbour so that windows across the seam are complete."""
+        return self.window - self.stride
+
+    def windows_along(self, length: int) -> int:
+        """Window positions that fit entirely inside ``length`` px."""
+        return 0 if length < self.window else (length - self.window) // self.stride + 1
+
+    def cells_along(self, length: int) -> int:
+        return -(-length // self.stride)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"window": self.window, "stride": self.stride, "target_mpp": self.target_mpp}
+
+
+def box_sum_full(decisions: np.ndarray, n: int) -> np.ndarray:
+    """The "full" 2-D correlation of a (rows, cols) 0/1 map with an n x n box of ones, exactly,
+    via a 2-D cumulative sum: out[r, c] = sum of decisions[r-n+1 .. r, c-n+1 .. c] (clipped), of
+    shape (rows + n - 1, cols + n - 1). For window decisions this is, per stride cell, the number of
+    covering windows called tumour."""
+    d = np.asarray(decisions, dtype=np.int32)
+    rows, cols = d.shape
+    padded = np.zeros((rows + 2 * (n - 1) + 1, cols + 2 * (n - 1) + 1), np.int32)
+    padded[n : n + rows, n : n + cols] = d
+    integral = padded.cumsum(0).cumsum(1)
+    return integral[n:, n:] - integral[:-n, n:] - integral[n:, :-n] + integral[:-n, :-n]
+
+
+def box_any_valid(cells: np.ndarray, n: int) -> np.ndarray:
+    """For each n x n block of ``cells`` (valid positions, stride 1): does it hold any True?"""
+    c = np.asarray(cells, dtype=np.int32)
+    rows, cols = c.shape[0] - n + 1, c.shape[1] - n + 1
+    if rows <= 0 or cols <= 0:
+        return np.zeros((max(rows, 0), max(cols, 0)), bool)
+    integral = np.zeros((c.shape[0] + 1, c.shape[1] + 1), np.int64)
+    integral[1:, 1:] = c.cumsum(0).cumsum(1)
+    s = integral[n:, n:] - integral[:-n, n:] - integral[n:, :-n] + integral[:-n, :-n]
+    return s > 0
+
+
+def cells_from_mask(
+    mask: np.ndarray, *, level0_width: int, level0_height: int, cell_px: float, rows: int, cols: int
+) -> np.ndarray:
+    """A (rows, cols) boolean map: does cell (r, c) - level-0 box [c*cell_px, (c+1)*cell_px) x
+    [r*cell_px, (r+1)*cell_px) - overlap any True pixel of ``mask`` (which covers the whole slide)?
+    Exact for any mask resolution, through an integral image."""
+    mask = np.asarray(mask, dtype=bool)
+    mh, mw = mask.shape
+    integral = np.zeros((mh + 1, mw + 1), np.int64)
+    integral[1:, 1:] = mask.cumsum(0).cumsum(1)
+
+    def spans(count: int, size: int, level0: int) -> tuple[np.ndarray, np.ndarray]:
+        per = level0 / size  # level-0 px per mask px
+        edges = np.arange(count + 1) * cell_px
+        lo = np.clip(np.floor(edges[:-1] / per).astype(np.int64), 0, size)
+        hi = np.clip(np.ceil(edges[1:] / per).astype(np.int64), 0, size)
+        return lo, np.maximum(hi, lo)
+
+    y0, y1 = spans(rows, mh, level0_height)
+    x0, x1 = spans(cols, mw, level0_width)
+    total = (
+        integral[y1[:, None], x1[None, :]]
+        - integral[y0[:, None], x1[None, :]]
+        - integral[y1[:, None], x0[None, :]]
+        + integral[y0[:, None], x0[None, :]]
+    )
+    return total > 0
+
+
+# ---- the classifier ------------------------------------------------------------------------
+
+
+@dataclass
+class Classifier:
+    """A patch classifier ready for scanning: the model in eval mode, its input normalisation,
+    which output is tumour, and the probability at or above which a window is called tumour."""
+
+    model: PatchClassifier
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    positive_index: int = 1
+    decision_threshold: float = 0.5
+    name: str = ""
+    device: Any = None
+    amp: bool = False
+    _feature_sizes: dict[int, tuple[int, int]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        if not 0 <= self.positive_index < self.model.num_classes:
+            raise ScoringError(
+                f"positive class {self.positive_index} outside the model's {self.model.num_classes} outputs"
+            )
+
+    # -- construction --
+
+    @classmethod
+    def from_file(
+        cls, path: str | PathLike[str], *, decision_threshold: float = 0.5, name: str = ""
+    ) -> Classifier:
+        """Load a ``model.pt`` written by :func:`inference.training.train`."""
+        from inference.augmentation import IMAGENET_MEAN, IMAGENET_STD
+        from inference.training import load_trained_model
+
+        model, meta = load_trained_model(path)
+        recipe = meta.get("recipe") or {}
+        classes = [str(c).lower() for c in meta.get("classes") or []]
+        positive = int(recipe.get("positive_class", 1))
+        for tumour_name in ("tumour", "tumor"):
+            if tumour_name in classes:
+                positive = classes.index(tumour_name)
+        return cls(
+            model=model,  # type: ignore[arg-type]
+            mean=tuple(recipe.get("mean") or IMAGENET_MEAN),
+            std=tuple(recipe.get("std") or IMAGENET_STD),
+            positive_index=positive,
+            decision_threshold=decision_threshold,
+            name=name or Path(path).stem,
+        )
+
+    @classmethod
+    def from_version(cls, version: ModelVersion, *, decision_threshold: float = 0.5) -> Classifier:
+        """The classifier of a ModelVersion (its weights file), cached per process by checksum."""
+        key = (version.weights_sha256 or version.weights_path, decision_threshold)
+        cached = _CLASSIFIERS.get(key)
+        if cached is None:
+            path = Path(version.weights_path)
+            if not path.is_file():
+                raise ScoringError(f"the weights of model {version.name} are missing ({path})")
+            cached = cls.from_file(path, decision_threshold=decision_threshold, name=version.name)
+            _CLASSIFIERS[key] = cached
+            while len(_CLASSIFIERS) > 4:
+                _CLASSIFIERS.pop(next(iter(_CLASSIFIERS)))
+        return cached
+
+    def to(
+        self, device: str | torch.device | None = None, *, amp: bool | None = None
+    ) -> Classifier:
+        """Move to ``device`` (default: CUDA when available); fp16 autocast and channels-last on
+        CUDA unless ``amp=False``."""
+        import torch
+
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = dev
+        self.model.to(dev)
+        on_cuda = dev.type == "cuda"
+        self.amp = on_cuda if amp is None else (amp and on_cuda)
+        if on_cuda:
+            self.model.to(memory_format=torch.channels_last)
+        return self
+
+    # -- checks --
+
+    @property
+    def output_stride(self) -> int:
+        return int(getattr(self.model, "output_stride", 1))
+
+    @property
+    def can_scan_densely(self) -> bool:
+        return getattr(self.model, "padding", None) == "valid"
+
+    def feature_size(self, window: int) -> tuple[int, int]:
+        if window not in self._feature_sizes:
+            self._feature_sizes[window] = self.model.feature_size(window)
+        return self._feature_sizes[window]
+
+    def check_window(self, geometry: ScanGeometry) -> None:
+        """The model must have been trained on ``geometry.window`` px patches (when it says)."""
+        size = getattr(self.model, "input_size", None)
+        if size is not None and int(size) != geometry.window:
+            raise ScoringError(
+                f"model {self.name or self.model.name} was trained on {size} px patches; the scanning"
+                f" window is {geometry.window} px"
+            )
+
+    def check_dense(self, geometry: ScanGeometry) -> None:
+        """Refuse, with the reason, a model whose dense run would not equal the patch loop."""
+        self.check_window(geometry)
+        if not self.can_scan_densely:
+            raise NotDenseScannable(
+                f"model {self.name or self.model.name} uses padding={getattr(self.model, 'padding', None)!r}:"
+                " with zero padding a window's features depend on where it sits, so dense scanning"
+                ' cannot equal classifying each window; it needs padding="valid". Train scoring'
+                ' models with recipe model_kwargs {"padding": "valid", ...}'
+                " (inference.scoring.DENSE_MOBILENET)."
+            )
+        try:
+            self.feature_size(geometry.window)
+        except ValueError as exc:
+            raise NotDenseScannable(str(exc)) from exc
+
+    def passes(self, stride: int) -> int:
+        """Dense runs per tile: 1 when the total stride divides ``stride``, else shift-and-stitch
+        needs (S / gcd(S, stride))**2."""
+        s = self.output_stride
+        return (s // math.gcd(s, stride)) ** 2
+
+    # -- computing --
+
+    def _prepare(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(N, H, W, 3) uint8 -> normalised float (N, 3, H, W) on the device."""
+        import torch
+
+        x = torch.as_tensor(pixels)
+        if x.ndim == 3:
+            x = x[None]
+        x = x.to(self.device or "cpu", non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        x = (x - mean) / std
+        if x.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.amp and self.device is not None and torch.device(self.device).type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def window_probabilities(self, windows: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
+        """Tumour probability of each (window x window) patch of (N, h, w, 3) uint8 ``windows``,
+        each classified on its own (the patch loop)."""
+        import torch
+
+        out = np.empty(len(windows), np.float32)
+        with torch.inference_mode(), self._autocast():
+            for start in range(0, len(windows), batch_size):
+                x = self._prepare(windows[start : start + batch_size])
+                logits = self.model(x).float()
+                probs = torch.softmax(logits, dim=1)[:, self.positive_index]
+                out[start : start + len(x)] = probs.cpu().numpy()
+        return out
+
+    def dense_logits(self, x: torch.Tensor, *, window: int, stride: int) -> torch.Tensor:
+        """Logits of every window at offsets (stride*i, stride*j) of the prepared (B, 3, H, W)
+        tiles ``x``, from dense runs: (B, classes, rows, cols). See the module docstring."""
+        import torch
+        import torch.nn.functional as F
+
+        model = self.model
+        s = self.output_stride
+        fh, fw = self.feature_size(window)
+        h, w = x.shape[-2:]
+        rows, cols = (h - window) // stride + 1, (w - window) // stride + 1
+        if rows < 1 or cols < 1:
+            raise ScoringError(f"a {h}x{w} tile holds no {window} px window")
+        lcm = stride * s // math.gcd(stride, s)
+        step_k = lcm // stride  # wanted windows of one residue are step_k windows apart
+        step_f = lcm // s  # ... and step_f feature positions apart
+        out = x.new_empty((x.shape[0], model.num_classes, rows, cols), dtype=torch.float32)
+        # residue r of the wanted offset stride*k modulo S -> the first k with that residue
+        first: dict[int, int] = {}
+        for k in range(min(step_k, max(rows, cols))):
+            first.setdefault(stride * k % s, k)
+        for ry, ky in first.items():
+            if ky >= rows:
+                continue
+            for rx, kx in first.items():
+                if kx >= cols:
+                    continue
+                feats = model.forward_features(x[..., ry:, rx:])
+                iy, ix = (stride * ky - ry) // s, (stride * kx - rx) // s
+                pooled = F.avg_pool2d(
+                    feats[..., iy:, ix:], kernel_size=(fh, fw), stride=(step_f, step_f)
+                ).float()
+                logits = torch.einsum("nchw,kc->nkhw", pooled, model.fc.weight.float())
+                logits = logits + model.fc.bias.float().view(1, -1, 1, 1)
+                ny, nx = len(range(ky, rows, step_k)), len(range(kx, cols, step_k))
+                out[:, :, ky::step_k, kx::step_k] = logits[:, :, :ny, :nx]
+        return out
+
+    def dense_probabilities(self, tiles: np.ndarray, *, window: int, stride: int) -> np.ndarray:
+        """Tumour probability of every window of (B, H, W, 3) uint8 ``tiles`` at offsets that are
+        multiples of ``stride``: (B, rows, cols), equal to :meth:`window_probabilities` per window."""
+        import torch
+
+        with torch.inference_mode(), self._autocast():
+            logits = self.dense_logits(self._prepare(tiles), window=window, stride=stride)
+            probs = torch.softmax(logits.float(), dim=1)[:, self.positive_index]
+        return probs.cpu().numpy().astype(np.float32, copy=False)
+
+
+_CLASSIFIERS: dict[tuple[str, float], Classifier] = {}
+
+
+def windows_of(image: np.ndarray, *, window: int, stride: int) -> np.ndarray:
+    """All (window x window) patches of an (H, W, 3) image at multiples of ``stride``, as a
+    strided view of shape (rows, cols, window, window, 3)."""
+    view = np.lib.stride_tricks.sliding_window_view(image, (window, window), axis=(0, 1))
+    return np.moveaxis(view[::stride, ::stride], 2, -1)
+
+
+def naive_window_probabilities(
+    classifier: Classifier, image: np.ndarray, *, window: int, stride: int, batch_size: int = 256
+) -> np.ndarray:
+    """The patch loop: crop every window of ``image`` and classify it on its own (reference for
+    the exactness test and the baseline of the benchmark). Returns (rows, cols) probabilities."""
+    patches = windows_of(image, window=window, stride=stride)
+    rows, cols = patches.shape[:2]
+    flat = np.ascontiguousarray(patches.reshape(rows * cols, window, window, 3))
+    return classifier.window_probabilities(flat, batch_size=batch_size).reshape(rows, cols)
+
+
+# ---- scanning ------------------------------------------------------------------------------
+
+
+@dataclass
+class ScanResult:
+    """Everything one scan produced, on the window grid and on the cell grid (scan pixels at
+    ``geometry.target_mpp``; one scan pixel is ``scale`` level-0 pixels)."""
+
+    geometry: ScanGeometry
+    scale: float
+    width: int
+    height: int
+    tissue_cells: np.ndarray  # (cell rows, cell cols) bool
+    tissue_windows: np.ndarray  # (window rows, window cols) bool
+    primary: np.ndarray  # (window rows, window cols) float32, NaN where not computed
+    secondary: np.ndarray  # float32, NaN where the secondary was not consulted
+    decisions: np.ndarray  # bool: the cascade called the window tumour
+    counts: np.ndarray  # (cell rows, cell cols) uint8: covering tumour windows, 0 ... n*n
+    tiles_total: int = 0
+    tiles_scanned: int = 0
+    secondary_windows: int = 0
+    seconds: float = 0.0
+    read_seconds: float = 0.0
+    device: str = "cpu"
+
+    @property
+    def stride_px(self) -> float:
+        """Level-0 px per cell."""
+        return self.geometry.stride * self.scale
+
+    @property
+    def window_px(self) -> float:
+        return self.geometry.window * self.scale
+
+    @property
+    def scores(self) -> np.ndarray:
+        """Per-cell score in [0, 1] (multiples of 1/16)."""
+        return self.counts.astype(np.float32) / self.geometry.denominator
+
+    @property
+    def max_score(self) -> float:
+        return float(self.counts.max(initial=0)) / self.geometry.denominator
+
+    def max_cell(self) -> tuple[int, int]:
+        return max_cell(self.counts)
+
+    def max_location(self) -> tuple[float, float]:
+        """Level-0 (x, y) of the centre of the highest-scoring cell."""
+        r, c = self.max_cell()
+        return ((c + 0.5) * self.stride_px, (r + 0.5) * self.stride_px)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "geometry": self.geometry.to_dict(),
+            "scale": self.scale,
+            "cells": list(self.counts.shape),
+            "windows": list(self.decisions.shape),
+            "tissue_windows": int(self.tissue_windows.sum()),
+            "tumour_windows": int(self.decisions.sum()),
+            "secondary_windows": self.secondary_windows,
+            "tiles_total": self.tiles_total,
+            "tiles_scanned": self.tiles_scanned,
+            "max_score": self.max_score,
+            "seconds": round(self.seconds, 3),
+            "read_seconds": round(self.read_seconds, 3),
+            "device": self.device,
+        }
+
+
+def max_cell(counts: np.ndarray) -> tuple[int, int]:
+    """The highest cell; among equal maxima the one deepest inside its plateau (farthest from any
+    lower cell), so "jump to maximum" lands in the middle of a tumour rather than on its edge."""
+    if counts.size == 0:
+        return (0, 0)
+    top = counts.max()
+    plateau = counts == top
+    if plateau.sum() == 1:
+        r, c = np.unravel_index(int(np.argmax(counts)), counts.shape)
+        return int(r), int(c)
+    from scipy.ndimage import distance_transform_edt
+
+    depth = distance_transform_edt(np.pad(plateau, 1))[1:-1, 1:-1]
+    r, c = np.unravel_index(int(np.argmax(np.where(plateau, depth, -1))), counts.shape)
+    return int(r), int(c)
+
+
+def _tile_grid(n_rows: int, n_cols: int, per_tile: int) -> Iterator[tuple[int, int, int, int]]:
+    for r0 in range(0, n_rows, per_tile):
+        for c0 in range(0, n_cols, per_tile):
+            yield r0, min(r0 + per_tile, n_rows), c0, min(c0 + per_tile, n_cols)
+
+
+def _read_tiles(
+    reader: Reader, boxes: list[tuple[int, int, int, int]], g: ScanGeometry
+) -> np.ndarray:
+    """Read the tiles' pixels (windows plus halo) and pad them to the batch's largest tile so they
+    stack; the padding only ever reaches windows that are discarded."""
+    images = []
+    for r0, r1, c0, c1 in boxes:
+        h, w = (r1 - r0 - 1) * g.stride + g.window, (c1 - c0 - 1) * g.stride + g.window
+        pixels = np.asarray(reader(c0 * g.stride, r0 * g.stride, w, h))[..., :3]
+        if pixels.shape[:2] != (h, w):
+            raise ScoringError(f"reader returned {pixels.shape[:2]} for a {h}x{w} region")
+        images.append(pixels)
+    height = max(i.shape[0] for i in images)
+    width = max(i.shape[1] for i in images)
+    out = np.zeros((len(images), height, width, 3), np.uint8)
+    for k, pixels in enumerate(images):
+        out[k, : pixels.shape[0], : pixels.shape[1]] = pixels
+    return out
+
+
+def scan(
+    reader: Reader,
+    *,
+    width: int,
+    height: int,
+    primary: Classifier,
+    secondary: Classifier | None = None,
+    geometry: ScanGeometry = ScanGeometry(),
+    tissue_cells: np.ndarray | None = None,
+    scale: float = 1.0,
+    tile_windows: int | None = None,
+    batch_tiles: int | None = None,
+    secondary_mode: Literal["auto", "gather", "dense"] = "auto",
+    progress: Progress | None = None,
+) -> ScanResult:
+    """Scan a ``width`` x ``height`` px image (at the target mpp) read through ``reader(x, y, w,
+    h)``: dense primary over tissue tiles, the secondary only on the windows the primary calls
+    tumour, the box-sum count raster. ``tissue_cells`` (cell grid) defaults to all tissue.
+
+    ``secondary_mode``: "gather" classifies exactly the primary's tumour windows, one by one in a
+    batch; "dense" runs the secondary densely over tiles holding any of them (needs valid padding);
+    "auto" picks dense when over 1/16 of a tile's windows are to be checked and the model allows."""
+    started = time.perf_counter()
+    primary.check_dense(geometry)
+    if secondary is not None:
+        secondary.check_window(geometry)
+        if secondary_mode == "dense":
+            secondary.check_dense(geometry)
+    if primary.device is None:
+        primary.to()
+    if secondary is not None and secondary.device is None:
+        secondary.to(primary.device)
+    g = geometry
+    n_rows, n_cols = g.windows_along(height), g.windows_along(width)
+    c_rows, c_cols = g.cells_along(height), g.cells_along(width)
+    if tissue_cells is None:
+        tissue_cells = np.ones((c_rows, c_cols), bool)
+    tissue_cells = np.asarray(tissue_cells, bool)
+    if tissue_cells.shape != (c_rows, c_cols):
+        raise ScoringError(
+            f"tissue cells {tissue_cells.shape} do not match the grid {(c_rows, c_cols)}"
+        )
+    tissue_windows = box_any_valid(tissue_cells, g.n)[:n_rows, :n_cols]
+    primary_p = np.full((n_rows, n_cols), np.nan, np.float32)
+    secondary_p = np.full((n_rows, n_cols), np.nan, np.float32)
+    decisions = np.zeros((n_rows, n_cols), bool)
+    on_cuda = str(primary.device).startswith("cuda")
+    # CPU: small tiles stay in cache (24 x 24 windows, 270 px: ~2x faster than 510 px tiles);
+    # GPU: big tiles and batches keep it busy
+    tile_windows = tile_windows or (64 if on_cuda else 24)
+    batch_tiles = batch_tiles or (8 if on_cuda else 4)
+    tiles = list(_tile_grid(n_rows, n_cols, tile_windows))
+    todo = [t for t in tiles if tissue_windows[t[0] : t[1], t[2] : t[3]].any()]
+    # tiles of one size batch together (edge tiles are smaller): little padding is computed
+    todo.sort(key=lambda t: (t[1] - t[0], t[3] - t[2]), reverse=True)
+    dense_secondary = (
+        secondary is not None and secondary.can_scan_densely and secondary_mode != "gather"
+    )
+    if dense_secondary and secondary is not None:
+        try:
+            secondary.check_dense(g)
+        except NotDenseScannable:
+            dense_secondary = False
+    secondary_windows = 0
+    read_seconds = 0.0
+    done = 0
+    for start in range(0, len(todo), batch_tiles):
+        batch = todo[start : start + batch_tiles]
+        read_started = time.perf_counter()
+        pixels = _read_tiles(reader, batch, g)
+        read_seconds += time.perf_counter() - read_started
+        probs = primary.dense_probabilities(pixels, window=g.window, stride=g.stride)
+        for b, (r0, r1, c0, c1) in enumerate(batch):
+            p = probs[b, : r1 - r0, : c1 - c0]
+            inside = tissue_windows[r0:r1, c0:c1]
+            primary_p[r0:r1, c0:c1] = np.where(inside, p, np.nan)
+            called = inside & (p >= primary.decision_threshold)
+            if secondary is not None and called.any():
+                ii, jj = np.nonzero(called)
+                use_dense = secondary_mode == "dense" or (
+                    dense_secondary and secondary_mode == "auto" and called.mean() > 1 / 16
+                )
+                if use_dense:
+                    sp = secondary.dense_probabilities(
+                        pixels[b : b + 1], window=g.window, stride=g.stride
+                    )[0, ii, jj]
+                else:
+                    views = windows_of(pixels[b], window=g.window, stride=g.stride)
+                    sp = secondary.window_probabilities(np.ascontiguousarray(views[ii, jj]))
+                secondary_windows += len(ii)
+                secondary_p[r0 + ii, c0 + jj] = sp
+                called[ii, jj] = sp >= secondary.decision_threshold
+            decisions[r0:r1, c0:c1] = called
+        done += len(batch)
+        if progress is not None:
+            progress(done, len(todo))
+    counts = np.zeros((c_rows, c_cols), np.uint8)
+    if n_rows and n_cols:
+        full_counts = box_sum_full(decisions, g.n)
+        counts[: full_counts.shape[0], : full_counts.shape[1]] = full_counts[:c_rows, :c_cols]
+    counts[~tissue_cells] = 0
+    return ScanResult(
+        geometry=g,
+        scale=scale,
+        width=width,
+        height=height,
+        tissue_cells=tissue_cells,
+        tissue_windows=tissue_windows,
+        primary=primary_p,
+        secondary=secondary_p,
+        decisions=decisions,
+        counts=counts,
+        tiles_total=len(tiles),
+        tiles_scanned=len(todo),
+        secondary_windows=secondary_windows,
+        seconds=time.perf_counter() - started,
+        read_seconds=read_seconds,
+        device=str(primary.device),
+    )
+
+
+def scan_image(
+    image: np.ndarray,
+    *,
+    primary: Classifier,
+    secondary: Classifier | None = None,
+    geometry: ScanGeometry = ScanGeometry(),
+    tissue_cells: np.ndarray | None = None,
+    **kw: Any,
+) -> ScanResult:
+    """:func:`scan` over an in-memory (H, W, 3) uint8 image already at the target mpp."""
+    image = np.asarray(image)[..., :3]
+    height, width = image.shape[:2]
+
+    def reader(x: int, y: int, w: int, h: int) -> np.ndarray:
+        return image[y : y + h, x : x + w]
+
+    return scan(
+        reader,
+        width=width,
+        height=height,
+        primary=primary,
+        secondary=secondary,
+        geometry=geometry,
+        tissue_cells=tissue_cells,
+        **kw,
+    )
+
+
+class SlideReader:
+    """Pixels of a slide at the target mpp: large-image reads the region from the closest pyramid
+    level and resizes it once (no resize at all when a level has the target scale)."""
+
+    def __init__(self, slide: Slide, *, target_mpp: float) -> None:
+        mpp = slide.mpp
+        if not mpp:
+            raise ScoringError(
+                f"slide {slide.pk} ({slide.name}) has no µm per pixel; set it before scoring"
+            )
+        from slides.tiles import source_for
+
+        self.source = source_for(slide)
+        self.scale = target_mpp / mpp  # level-0 px per scan px
+        self.target_mpp = target_mpp
+        self.width = int(math.floor(slide.width / self.scale + 1e-9))
+        self.height = int(math.floor(slide.height / self.scale + 1e-9))
+
+    def __call__(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        from large_image.constants import TILE_FORMAT_NUMPY
+
+        region = {
+            "left": x * self.scale,
+            "top": y * self.scale,
+            "width": w * self.scale,
+            "height": h * self.scale,
+            "units": "base_pixels",
+        }
+        kw: dict[str, Any] = {}
+        if abs(self.scale - 1.0) > 1e-9:
+            kw["scale"] = {"mm_x": self.target_mpp / 1000, "mm_y": self.target_mpp / 1000}
+        pixels, _ = self.source.getRegion(region=region, format=TILE_FORMAT_NUMPY, **kw)
+        pixels = np.asarray(pixels)
+        if pixels.ndim == 2:
+            pixels = np.repeat(pixels[..., None], 3, axis=-1)
+        pixels = pixels[..., :3]
+        if pixels.dtype != np.uint8:
+            pixels = np.clip(pixels, 0, 255).astype(np.uint8)
+        if pixels.shape[:2] != (h, w):  # rounding at the resize: crop, or repeat the last row/col
+            pixels = pixels[:h, :w]
+            pad = ((0, h - pixels.shape[0]), (0, w - pixels.shape[1]), (0, 0))
+            pixels = (
+                np.pad(pixels, pad, mode="edge") if pixels.size else np.zeros((h, w, 3), np.uint8)
+            )
+        return pixels
+
+
+def geometry_for(version: ModelVersion, *, stride: int | None = None) -> ScanGeometry:
+    """The grid a model was trained for: its patch size, its dataset's mpp (1.0 µm/px when not
+    recorded), and seed 002's stride of a quarter window unless given."""
+    config = (version.hyperparameters or {}).get("model_kwargs") or {}
+    grid = (version.dataset_summary or {}).get("grid") or {}
+    window = int(grid.get("patch_px") or config.get("input_size") or 0)
+    if not window:
+        window = int(getattr(Classifier.from_version(version).model, "input_size", None) or 40)
+    target_mpp = float(grid.get("target_mpp") or 1.0)
+    return ScanGeometry(window=window, stride=stride or max(1, window // 4), target_mpp=target_mpp)
+
+
+def scan_slide(
+    slide: Slide,
+    *,
+    primary: Classifier,
+    secondary: Classifier | None = None,
+    geometry: ScanGeometry = ScanGeometry(),
+    tissue: np.ndarray | None = None,
+    **kw: Any,
+) -> ScanResult:
+    """Scan a registered slide. Tissue comes from its cached thumbnail mask
+    (:func:`annotations.tissue.tissue_mask`) unless ``tissue`` (a boolean mask covering the whole
+    slide, any resolution) is given."""
+    reader = SlideReader(slide, target_mpp=geometry.target_mpp)
+    if tissue is None:
+        from annotations.tissue import tissue_mask
+
+        tissue = tissue_mask(slide).mask
+    cells = cells_from_mask(
+        tissue,
+        level0_width=slide.width,
+        level0_height=slide.height,
+        cell_px=geometry.stride * reader.scale,
+        rows=geometry.cells_along(reader.height),
+        cols=geometry.cells_along(reader.width),
+    )
+    return scan(
+        reader,
+        width=reader.width,
+        height=reader.height,
+        primary=primary,
+        secondary=secondary,
+        geometry=geometry,
+        tissue_cells=cells,
+        scale=reader.scale,
+        **kw,
+    )
