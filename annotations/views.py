@@ -15,12 +15,12 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serial
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.pagination import BoundedLimitOffsetPagination
 from slides.access import has_role, slides_for
 from slides.models import Role, Slide
 
@@ -52,7 +52,7 @@ VERSION_PARAM = OpenApiParameter("version", int, description="the version last s
 MAX_IMPORT_BYTES = 256 * 1024**2
 
 
-class AnnotationPagination(LimitOffsetPagination):
+class AnnotationPagination(BoundedLimitOffsetPagination):
     """A viewport can hold thousands of polygons: larger pages than the API default."""
 
     default_limit = 1000

@@ -21,11 +21,11 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from audit import log as audit
+from config.pagination import BoundedLimitOffsetPagination
 from inference.records import ModelVersion
 from slides.access import cases_for, has_role, nodes_for
 from slides.models import Case, Lab, Node, Role
@@ -391,7 +391,7 @@ class TriageView(APIView):
         query = parse(TriageQuerySerializer, request.query_params)
         filters, version = triage_filter(request.user, query)
         nodes = triage_nodes(nodes_for(request.user), version=version, filters=filters)
-        paginator = LimitOffsetPagination()
+        paginator = BoundedLimitOffsetPagination()
         ids = paginator.paginate_queryset(nodes.values_list("pk", flat=True), request, view=self)
         page = queues.triage_page(ids, version=version)
         response = paginator.get_paginated_response([triage_row_json(n) for n in page])

@@ -68,3 +68,12 @@ def test_health_is_open_and_nothing_else_is(db):
     assert Client().get("/health/").json() == {"status": "ok"}
     assert Client().get("/").status_code == 302
     assert Client().get("/api/nodes/").status_code == 403
+
+
+@pytest.mark.parametrize("query", ["?limit=18446744073709551616", "?offset=18446744073709551616", "?offset=-5&limit=-1"])
+def test_absurd_pagination_is_bounded_not_a_server_error(people, case, query):
+    client = Client()
+    client.force_login(people.pathologist)
+    response = client.get("/api/cases/" + query)
+    assert response.status_code == 200
+    assert len(response.json()["results"]) <= 1000
