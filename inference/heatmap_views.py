@@ -106,6 +106,12 @@ class _HeatMapLRU:
 heatmap_rows = _HeatMapLRU()
 
 
+def _live_heatmap_exists(slide_id: int) -> bool:
+    return HeatMap.objects.filter(
+        slide_id=slide_id, model_version__is_live=True, model_version__stage=Stage.PRIMARY
+    ).exists()
+
+
 def _requested_heatmap(request: HttpRequest, slide_id: int) -> HeatMap:
     """``?heatmap=<id>`` of this slide, else the latest heat map of the live primary model."""
     wanted = request.GET.get("heatmap")
@@ -145,6 +151,9 @@ def heatmap_tilesource(request: HttpRequest, pk: int) -> HttpResponse:
     slide = visible_slide(request, pk)
     if isinstance(slide, HttpResponse):
         return slide
+    if not request.GET.get("heatmap") and not _live_heatmap_exists(slide.pk):
+        # Not an error: the slide exists and is simply not scored yet (the viewer says "none yet").
+        return JsonResponse({"id": None, "slide": slide.pk, "detail": "This slide has no heat map from the live model yet"})
     row = _requested_heatmap(request, slide.pk)
     heatmap = (
         HeatMap.objects.select_related("model_version", "secondary_version", "scoring_run")

@@ -334,6 +334,12 @@ export async function mountHeatmap(viewer, slideInfo, options = {}) {
     panel.title = error.message;
     return controller;
   }
+  if (heatmap.id === null) {
+    status.textContent = "none yet";
+    panel.dataset.state = "none";
+    panel.title = heatmap.detail || "";
+    return controller;
+  }
   controller.heatmap = heatmap;
   await new Promise((resolve) => whenOpen(viewer, resolve));
   const item = await addOverlayImage(viewer, heatmap, controller.opacity);
