@@ -90,10 +90,10 @@ def test_sigkilled_worker_resumes_from_its_checkpoint(training_queue, tmp_path):
     workers.append(first)
     run = launch_training(
         dataset_source={"kind": "image-folder", "path": str(folder)},
-        recipe={"max_epochs": 5, "batch_size": 8, "early_stopping_patience": 10, "model_kwargs": {"width_mult": 0.25}},
+        recipe={"max_epochs": 3, "batch_size": 8, "early_stopping_patience": 10, "model_kwargs": {"width_mult": 0.25}},
     )
     # Kill the worker mid-epoch once epoch 1 is checkpointed (progress has moved into epoch 2).
-    wait_for(lambda: (TrainingRun.objects.get(pk=run.pk).progress or {}).get("epoch", 0) >= 2, 120, "epoch 2")
+    wait_for(lambda: (TrainingRun.objects.get(pk=run.pk).progress or {}).get("epoch", 0) >= 2, 300, "epoch 2")
     os.kill(first.pid, signal.SIGKILL)
     first.wait(timeout=10)
     killed = TrainingRun.objects.get(pk=run.pk)
@@ -101,7 +101,7 @@ def test_sigkilled_worker_resumes_from_its_checkpoint(training_queue, tmp_path):
     assert not ModelVersion.objects.exists()
     time.sleep(4)  # let its heartbeat go stale
     workers.append(start_worker(queue, tmp_path / "worker.log"))
-    wait_for(lambda: TrainingRun.objects.get(pk=run.pk).is_finished, 180, "the resumed run to finish")
+    wait_for(lambda: TrainingRun.objects.get(pk=run.pk).is_finished, 400, "the resumed run to finish")
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.SUCCEEDED, run.status_reason
     assert run.attempts == 2
