@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import random
 import statistics
 import sys
@@ -48,8 +49,8 @@ def tile_addresses(slide, n: int, rng: random.Random) -> list[tuple[int, int, in
     for _ in range(n):
         z = top if rng.random() < 0.7 else max(0, top - rng.choice((1, 2)))
         scale = 2 ** (top - z)
-        nx = -(-(-(-slide.width // scale)) // slide.tile_width)
-        ny = -(-(-(-slide.height // scale)) // slide.tile_height)
+        nx = math.ceil(math.ceil(slide.width / scale) / slide.tile_width)
+        ny = math.ceil(math.ceil(slide.height / scale) / slide.tile_height)
         out.append((z, rng.randrange(nx), rng.randrange(ny)))
     return list(dict.fromkeys(out))
 

@@ -7,14 +7,13 @@ from importlib.util import find_spec
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-
 from drf_spectacular.views import SpectacularAPIView
 
 from inference import urls as inference_urls
 from review import urls as review_urls
 from slides import urls as slide_urls
-from slides.auth import ThrottledLoginView
 from slides import views as slide_views
+from slides.auth import ThrottledLoginView
 
 api_urls = []
 # Each domain app contributes its own API routes (annotations, inference, review) when present.

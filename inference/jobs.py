@@ -76,7 +76,7 @@ def read_patch_arrays(path: Path):
         raise TrainingRequestError(f"patch array file {path} does not exist")
     with np.load(path, allow_pickle=False) as data:
         images, labels = data["images"], data["labels"]
-        groups = data["groups"] if "groups" in data else None
+        groups = data.get("groups")
         classes = [str(c) for c in data["classes"]] if "classes" in data else None
     return images, labels, groups, classes
 

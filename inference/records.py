@@ -199,6 +199,9 @@ class SlideScoring(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["scoring_run", "slide"], name="one_job_per_slide_per_run")]
 
+    def __str__(self) -> str:
+        return f"slide {self.slide_id} in scoring run {self.scoring_run_id} ({self.status})"
+
 
 class HeatMap(models.Model):
     """A slide's tumour-probability raster (one value per stride cell), written atomically."""
@@ -222,6 +225,9 @@ class HeatMap(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
 
+    def __str__(self) -> str:
+        return f"heat map {self.pk} of slide {self.slide_id} (max {self.max_score:.4f})"
+
 
 class NodeScore(models.Model):
     """A node's score (the maximum pixel score over its slides) from one model version."""
@@ -240,3 +246,6 @@ class NodeScore(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["node", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"node {self.node_id}: {self.score:.4f} by {self.model_version_id}"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from django.conf import settings
 from celery.signals import worker_ready
+from django.conf import settings
 
 from .jobs import execute_training_run
 from .records import TrainingRun

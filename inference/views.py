@@ -19,7 +19,12 @@ from slides.models import Role
 from . import plots
 from .jobs import TrainingRequestError, launch_training, promote, rollback
 from .records import ModelVersion, TrainingRun
-from .serializers import LaunchTrainingSerializer, ModelVersionSerializer, RollbackSerializer, TrainingRunSerializer
+from .serializers import (
+    LaunchTrainingSerializer,
+    ModelVersionSerializer,
+    RollbackSerializer,
+    TrainingRunSerializer,
+)
 
 
 def _require_admin(request) -> None:

@@ -13,8 +13,8 @@ import uuid
 from pathlib import Path
 
 from django.conf import settings
-from django.core.cache import caches
 from django.contrib.auth.decorators import login_required
+from django.core.cache import caches
 from django.db.models import Count, Prefetch
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inference.jobs import TrainingRequestError, execute_training_run, launch_training, promote, rollback
+from inference.jobs import (
+    TrainingRequestError,
+    execute_training_run,
+    launch_training,
+    promote,
+    rollback,
+)
 from inference.records import ModelVersion, TrainingRun
 
 FAST = {"max_epochs": 2, "batch_size": 16, "early_stopping_patience": 2, "model_kwargs": {"width_mult": 0.25}}

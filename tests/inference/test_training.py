@@ -204,6 +204,31 @@ def test_early_stopping_keeps_the_best_epoch(blobs, monkeypatch):
     assert result.best_epoch == 2 and result.auc == 0.9
 
 
+def test_trains_from_an_image_folder_through_a_dataloader(tmp_path):
+    from PIL import Image
+
+    from inference.datasets import ImageFolderPatchDataset
+
+    data = blob_patches(24, size=16, seed=1)
+    for i, (pixels, label) in enumerate(zip(data.images, data.labels, strict=True)):
+        folder = tmp_path / data.classes[label]
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    folder_set = ImageFolderPatchDataset(tmp_path, classes=["dark", "bright"])
+    assert not hasattr(folder_set, "get_batch")  # read through a DataLoader
+    train_set, val_set = split_indices(labels=folder_set.labels, val_fraction=0.25).subsets(
+        folder_set
+    )
+    result = train(
+        model_name=MODEL,
+        train_set=train_set,
+        val_set=val_set,
+        recipe=dataclasses.replace(RECIPE, max_epochs=1, batch_size=8),
+        device="cpu",
+    )
+    assert result.epochs_run == 1 and result.classes == ["dark", "bright"]
+
+
 def test_recipe_defaults_follow_seed_002_and_round_trip():
     r = TrainingRecipe()
     assert (r.learning_rate, r.lr_step_epochs, r.lr_gamma) == (1e-3, 10, 0.1)

@@ -14,7 +14,6 @@ from tests.conftest import CMU_DIR, needs_shared_data
 from tests.factories import gradient_image, write_pyramid_tiff
 
 
-
 @needs_shared_data
 @pytest.mark.parametrize(
     ("relpath", "source", "levels", "tile"),
