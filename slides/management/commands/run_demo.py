@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
+
+
+def _stop(_signum, _frame) -> None:
+    raise KeyboardInterrupt
 
 
 class Command(BaseCommand):
@@ -26,6 +31,8 @@ class Command(BaseCommand):
         broker = settings.CELERY_BROKER_URL.split("://")[0]
         self.stdout.write(self.style.SUCCESS(f"NodeScope is at http://{host}:{port}/  (worker pid {worker.pid}, broker {broker})"))
         self.stdout.write("log in with the demo logins printed above; Ctrl-C stops web server and worker")
+        # SIGTERM (e.g. from a supervisor) stops the worker too, not just the web server.
+        signal.signal(signal.SIGTERM, _stop)
         try:
             call_command("runserver", f"{host}:{port}", use_reloader=False)
         finally:
