@@ -17,7 +17,8 @@ residual branches, no dropout, batch 32; "CPU" is process CPU time, "wall" inclu
 cores other jobs held):
 
 * ``--model resnet-small`` (widths 16-128, 64 px, output stride 8, lr /10 after 40 epochs):
-  AUC 0.90 reached at epoch 45, best 0.915 at epoch 59 of 60; 245 s CPU, 482 s wall.
+  AUC 0.90 reached at epoch 45 (174 s), best 0.915 at epoch 59 of 60; 234 s wall and CPU on a
+  quiet machine (482 s wall under load; the curve is bit-identical between runs).
 * ``--model mobilenetv2`` (the default; width 0.5, 96 px, output stride 16, lr /10 after 30
   epochs): best AUC 0.888 at epoch 33 of 45; 440 s CPU, 681 s wall. At 64 px / stride 8 /
   60 epochs: 0.884. MobileNetV2 learns more slowly from scratch and stays just under 0.90 here.
