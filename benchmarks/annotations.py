@@ -17,7 +17,6 @@ with a note. The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import os
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._django import ROOT  # noqa: E402
+from benchmarks._django import ROOT, WSGIClient  # noqa: E402
 
 ASAP_DIR = ROOT.parent / "shared" / "data" / "camelyon16-annotations" / "asap-xml"
 BENCH_DB = "nodescope_bench"
@@ -192,40 +191,6 @@ def sql_page(slide, bbox, limit: int = 1000) -> list:
 # ---- requests -----------------------------------------------------------------------------------
 
 
-class WSGIClient:
-    """Django's WSGI application called directly: middleware, session auth, routing, view."""
-
-    def __init__(self, cookie: str):
-        from django.core.handlers.wsgi import WSGIHandler
-
-        self.app = WSGIHandler()
-        self.cookie = cookie
-
-    def get(self, path: str, query: str = "") -> tuple[str, bytes]:
-        environ = {
-            "REQUEST_METHOD": "GET",
-            "PATH_INFO": path,
-            "QUERY_STRING": query,
-            "SERVER_NAME": "127.0.0.1",
-            "SERVER_PORT": "8000",
-            "HTTP_HOST": "127.0.0.1",
-            "HTTP_COOKIE": self.cookie,
-            "HTTP_ACCEPT": "application/json",
-            "wsgi.input": io.BytesIO(b""),
-            "wsgi.url_scheme": "http",
-            "wsgi.errors": sys.stderr,
-            "wsgi.version": (1, 0),
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": False,
-            "wsgi.run_once": False,
-        }
-        seen: list = []
-        body = b"".join(
-            self.app(environ, lambda status, headers, exc_info=None: seen.append(status))
-        )
-        return seen[0], body
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -255,10 +220,8 @@ def main() -> None:
     if url is None:
         print(f"note: {note}; falling back to SQLite (the production figure needs PostgreSQL)")
     var = setup(url)
-    from django.conf import settings
     from django.contrib.auth import get_user_model
     from django.db import connection
-    from django.test import Client
 
     from annotations.models import Annotation, LabelClass
     from annotations.services import viewport_annotations
@@ -329,11 +292,7 @@ def main() -> None:
         f"inserted {inserted:,} polygons ({real:,} CAMELYON16 outlines) on {n_slides} slides in {load_s:.1f} s"
     )
 
-    login = Client()
-    login.force_login(user)
-    client = WSGIClient(
-        f"{settings.SESSION_COOKIE_NAME}={login.cookies[settings.SESSION_COOKIE_NAME].value}"
-    )
+    client = WSGIClient.logged_in(user, accept="application/json")
     client.get(
         f"/api/slides/{slides[0].pk}/annotations/", "bbox=0,0,10,10"
     )  # warm: connection, URLconf
@@ -357,7 +316,7 @@ def main() -> None:
             y0 = float(rng.uniform(0, max(1, slide.height - h)))
             query = f"bbox={x0:.0f},{y0:.0f},{x0 + w:.0f},{y0 + h:.0f}"
             t = time.perf_counter()
-            status, body = client.get(f"/api/slides/{slide.pk}/annotations/", query)
+            status, _headers, body = client.get(f"/api/slides/{slide.pk}/annotations/", query)
             times.append(time.perf_counter() - t)
             assert status.startswith("200"), (status, body[:300])
             counts.append(json.loads(body)["count"])

@@ -20,7 +20,6 @@ The last line printed is one JSON object with the figures.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import random
 import statistics
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._django import setup_django  # noqa: E402
+from benchmarks._django import WSGIClient, setup_django  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -49,41 +48,6 @@ def summarise(label: str, times: list[float], queries: int | None = None) -> dic
     extra = f"   {queries} queries" if queries is not None else ""
     print(f"  {label:<34} p50 {out['p50_ms']:9.3f} ms   p95 {out['p95_ms']:9.3f} ms{extra}")
     return out
-
-
-class WSGIClient:
-    """Calls Django's WSGI application directly: full middleware, routing, session auth, view."""
-
-    def __init__(self, cookie: str):
-        from django.core.handlers.wsgi import WSGIHandler
-
-        self.app = WSGIHandler()
-        self.cookie = cookie
-
-    def get(self, path: str) -> tuple[str, bytes]:
-        path, _, query = path.partition("?")
-        environ = {
-            "REQUEST_METHOD": "GET",
-            "PATH_INFO": path,
-            "QUERY_STRING": query,
-            "SERVER_NAME": "127.0.0.1",
-            "SERVER_PORT": "8000",
-            "HTTP_HOST": "127.0.0.1",
-            "HTTP_COOKIE": self.cookie,
-            "HTTP_ACCEPT": "application/json, text/html",
-            "wsgi.input": io.BytesIO(b""),
-            "wsgi.url_scheme": "http",
-            "wsgi.errors": sys.stderr,
-            "wsgi.version": (1, 0),
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": False,
-            "wsgi.run_once": False,
-        }
-        seen: list = []
-        body = b"".join(
-            self.app(environ, lambda status, headers, exc_info=None: seen.append(status))
-        )
-        return seen[0], body
 
 
 def populate(n_cases: int, nodes_per_case: int, seed: int = 11):
@@ -244,7 +208,6 @@ def main() -> None:
     var = setup_django()
     from django.conf import settings
     from django.db import connection
-    from django.test import Client
     from django.test.utils import CaptureQueriesContext
     from django.urls import NoReverseMatch, clear_url_caches, reverse
 
@@ -261,17 +224,13 @@ def main() -> None:
     lead, cases, live = populate(n_cases, 5)
     print(f"populated {n_cases} cases x 5 nodes in {time.perf_counter() - t0:.1f} s")
 
-    login = Client()
-    login.force_login(lead)
-    client = WSGIClient(
-        f"{settings.SESSION_COOKIE_NAME}={login.cookies[settings.SESSION_COOKIE_NAME].value}"
-    )
+    client = WSGIClient.logged_in(lead, accept="application/json, text/html")
     rng = random.Random(3)
     triage_total = triage_nodes(nodes_for(lead), version=live, filters=TriageFilter()).count()
     pages = max(1, -(-triage_total // 100))
 
     def get(path: str) -> None:
-        status, body = client.get(path)
+        status, _headers, body = client.get(path)
         if not status.startswith("200"):
             raise SystemExit(f"{path}: {status}\n{body[:500]!r}")
 

@@ -12,7 +12,6 @@ The last line printed is one JSON object with the figures and ratios.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import random
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._django import ROOT, setup_django  # noqa: E402
+from benchmarks._django import ROOT, WSGIClient, setup_django  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -53,29 +52,6 @@ def tile_addresses(slide, n: int, rng: random.Random) -> list[tuple[int, int, in
         ny = math.ceil(math.ceil(slide.height / scale) / slide.tile_height)
         out.append((z, rng.randrange(nx), rng.randrange(ny)))
     return list(dict.fromkeys(out))
-
-
-class WSGIClient:
-    """Calls Django's WSGI application directly, as gunicorn would: the full middleware stack,
-    URL routing, session authentication and the view, without a socket or the test client."""
-
-    def __init__(self, cookie: str):
-        from django.core.handlers.wsgi import WSGIHandler
-
-        self.app = WSGIHandler()
-        self.cookie = cookie
-
-    def get(self, path: str) -> tuple[str, dict[str, str], bytes]:
-        environ = {
-            "REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
-            "SERVER_PORT": "8000", "HTTP_HOST": "127.0.0.1", "HTTP_COOKIE": self.cookie,
-            "wsgi.input": io.BytesIO(b""), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
-            "wsgi.version": (1, 0), "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
-        }
-        seen: list = []
-        body = b"".join(self.app(environ, lambda status, headers, exc_info=None: seen.append((status, headers))))
-        status, headers = seen[0]
-        return status, dict(headers), body
 
 
 def bench_slide(name: str, path: Path, n_tiles: int, client: WSGIClient, node, rng: random.Random) -> dict:
@@ -139,9 +115,7 @@ def main() -> None:
     n_tiles = args.tiles or (150 if args.quick else 1000)
 
     var = setup_django()
-    from django.conf import settings
     from django.contrib.auth import get_user_model
-    from django.test import Client
 
     from slides.access import grant_role
     from slides.models import Lab, Role
@@ -153,9 +127,7 @@ def main() -> None:
     grant_role(user, Role.PATHOLOGIST)
     lab.members.add(user)
     case = make_case(lab, "BENCH-1", nodes=("svs", "generated"))
-    login = Client()
-    login.force_login(user)
-    client = WSGIClient(f"{settings.SESSION_COOKIE_NAME}={login.cookies[settings.SESSION_COOKIE_NAME].value}")
+    client = WSGIClient.logged_in(user)
     rng = random.Random(7)
 
     results: dict = {"mode": "quick" if args.quick else "full"}
