@@ -11,6 +11,9 @@ from slides.models import Lab, Role
 
 from .factories import gradient_image, make_case, make_user, write_pyramid_tiff
 
+# The `browser` fixture (Debian's Chromium through Playwright) for the browser tests.
+pytest_plugins = ["tests.browser"]
+
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 CMU_DIR = SHARED_DATA / "cmu-1-small-region"
 

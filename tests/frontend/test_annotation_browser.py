@@ -20,19 +20,10 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+from tests.browser import browser_marks
 
-CHROMIUM = Path(os.environ.get("NODESCOPE_CHROMIUM", "/usr/bin/chromium"))
 DIST = Path(__file__).resolve().parents[2] / "frontend" / "static" / "dist"
 SHOTS = Path(os.environ.get("NODESCOPE_ANNOTATION_SCREENSHOTS", "/tmp"))
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def _bundle_has_annotations() -> bool:
@@ -45,10 +36,7 @@ def _bundle_has_annotations() -> bool:
 
 
 pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"
-    ),
+    *browser_marks("viewer.js"),
     pytest.mark.skipif(
         not _bundle_has_annotations(),
         reason="frontend/static/dist has no annotation tools built (cd frontend && npm install && npm run build)",
@@ -58,19 +46,6 @@ pytestmark = [
         reason="the annotations API (annotations/urls.py) is not there yet",
     ),
 ]
-
-
-@pytest.fixture
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture

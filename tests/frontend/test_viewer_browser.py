@@ -16,48 +16,14 @@ from pathlib import Path
 
 import pytest
 
-# Playwright's sync API runs an event loop in this thread; Django's ORM calls made by the test
-# (fixtures, live_server setup) would otherwise refuse to run.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+from tests.browser import browser_marks
 
-CHROMIUM = Path(os.environ.get("NODESCOPE_CHROMIUM", "/usr/bin/chromium"))
-BUNDLE = Path(__file__).resolve().parents[2] / "frontend" / "static" / "dist" / "viewer.js"
 SCREENSHOT = Path(os.environ.get("NODESCOPE_VIEWER_SCREENSHOT", "/tmp/viewer.png"))
 # Set to a folder to also keep screenshots of the case list and case page (for reviewing styles).
 PAGE_SHOTS = os.environ.get("NODESCOPE_PAGE_SCREENSHOTS", "")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 TILE_URL = re.compile(r"/api/slides/\d+/tiles/\d+/\d+/\d+\.jpg$")
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"
-    ),
-    pytest.mark.skipif(
-        not BUNDLE.exists(),
-        reason="frontend/static/dist/viewer.js is not built (cd frontend && npm install && npm run build)",
-    ),
-]
-
-
-@pytest.fixture
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+pytestmark = browser_marks("viewer.js")
 
 
 @pytest.fixture

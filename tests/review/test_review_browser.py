@@ -11,45 +11,14 @@ Needs /usr/bin/chromium and a built bundle (`cd frontend && npm install && npm r
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+from tests.browser import browser_marks
 
-CHROMIUM = Path(os.environ.get("NODESCOPE_CHROMIUM", "/usr/bin/chromium"))
-BUNDLE = Path(__file__).resolve().parents[2] / "frontend" / "static" / "dist" / "review.js"
 SCREENSHOT = os.environ.get("NODESCOPE_REVIEW_SCREENSHOT", "")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--no-first-run",
-]
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"
-    ),
-    pytest.mark.skipif(
-        not BUNDLE.exists(),
-        reason="frontend/static/dist/review.js is not built (cd frontend && npm install && npm run build)",
-    ),
-]
-
-
-@pytest.fixture
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+pytestmark = browser_marks("review.js")
 
 
 @pytest.fixture

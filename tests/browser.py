@@ -1,0 +1,51 @@
+"""Shared set-up of the browser tests: Debian's Chromium driven by Playwright (never `playwright install`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Playwright's sync API runs an event loop in this thread; Django's ORM calls made by the test
+# (fixtures, live_server setup) would otherwise refuse to run.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+CHROMIUM = Path(os.environ.get("NODESCOPE_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+DIST = Path(__file__).resolve().parent.parent / "frontend" / "static" / "dist"
+
+
+def browser_marks(bundle: str) -> list:
+    """Marks of a browser test module: `browser`, and skips without Chromium or the built bundle."""
+    return [
+        pytest.mark.browser,
+        pytest.mark.skipif(
+            not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install chromium)"
+        ),
+        pytest.mark.skipif(
+            not (DIST / bundle).exists(),
+            reason=f"frontend/static/dist/{bundle} is not built (cd frontend && npm install && npm run build)",
+        ),
+    ]
+
+
+@pytest.fixture
+def browser():
+    """A headless Debian Chromium for one test."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
