@@ -116,6 +116,8 @@ def load_dataset(source: dict[str, Any]) -> LoadedDataset:
         images, labels, groups, classes = read_patch_arrays(path)
         dataset = ArrayPatchDataset(images, labels, groups=groups, classes=classes)
         content_hash = _hash_arrays(path)
+        if path.is_dir() and (path / "val.npy").is_file():
+            return _explicit_split(dataset, path, kind=kind, content_hash=content_hash)
     elif kind == "snapshot":
         from annotations.datasets import DatasetError, open_snapshot
 
@@ -125,7 +127,9 @@ def load_dataset(source: dict[str, Any]) -> LoadedDataset:
             raise TrainingRequestError(str(exc)) from exc
         return LoadedDataset(train=train_set, val=val_set, content_hash=content_hash, summary=summary)
     else:
-        raise TrainingRequestError(f"unknown dataset kind {kind!r} (use image-folder, arrays or snapshot)")
+        raise TrainingRequestError(
+            f"unknown dataset kind {kind!r} (use image-folder, arrays, snapshot or hard-negatives)"
+        )
     groups = getattr(dataset, "groups", None)
     split = split_indices(labels=dataset.labels, groups=groups, val_fraction=val_fraction, seed=seed)
     train_set, val_set = split.subsets(dataset)
@@ -139,6 +143,32 @@ def load_dataset(source: dict[str, Any]) -> LoadedDataset:
         summary={"kind": kind, "classes": list(dataset.classes), "counts": counts,
                  "train": len(train_set), "val": len(val_set), "split": split.note},
     )
+
+
+def _explicit_split(dataset, path: Path, *, kind: str, content_hash: str) -> LoadedDataset:
+    """An arrays folder that says its own split (``val.npy``, one bool per patch), as mined
+    hard-negative folders do: training and validation are taken from it, not drawn again."""
+    import numpy as np
+
+    from .datasets import PatchSubset
+
+    in_val = np.load(path / "val.npy").astype(bool).reshape(-1)
+    if in_val.size != len(dataset):
+        raise TrainingRequestError(f"{path}/val.npy has {in_val.size} entries for {len(dataset)} patches")
+    train_set = PatchSubset(dataset, np.flatnonzero(~in_val))
+    val_set = PatchSubset(dataset, np.flatnonzero(in_val))
+    labels = np.asarray(dataset.labels)
+    counts = {name: int((labels == i).sum()) for i, name in enumerate(dataset.classes)}
+    summary = {"kind": kind, "classes": list(dataset.classes), "counts": counts,
+               "train": len(train_set), "val": len(val_set), "split": f"given by {path.name}/val.npy"}
+    mined = path / "summary.json"
+    if mined.is_file():
+        import json
+
+        summary["mining"] = json.loads(mined.read_text())
+        summary["grid"] = summary["mining"].get("grid")
+        summary["split"] = summary["mining"].get("split", summary["split"])
+    return LoadedDataset(train=train_set, val=val_set, content_hash=content_hash, summary=summary)
 
 
 # ---- launching ---------------------------------------------------------------------------------
@@ -166,6 +196,19 @@ def check_dataset(source: dict[str, Any]) -> dict[str, int]:
     import numpy as np
 
     kind = source.get("kind")
+    if kind == "hard-negatives":
+        from .mining import MiningError, check_source
+
+        try:
+            checked = check_source(source)
+        except MiningError as exc:
+            raise TrainingRequestError(str(exc)) from exc
+        tumour = check_dataset(checked["tumour_source"])
+        if not tumour.get("tumour"):
+            raise TrainingRequestError(
+                "the primary's dataset has no class named tumour to balance the hard negatives with"
+            )
+        return {"negative slides": len(checked["slides"]), "tumour": tumour["tumour"]}
     if kind == "snapshot":
         from annotations.models import Dataset
 
@@ -198,7 +241,9 @@ def check_dataset(source: dict[str, Any]) -> dict[str, int]:
             labels = np.asarray(dataset.labels)
             counts = {name: int((labels == i).sum()) for i, name in enumerate(dataset.classes)}
     else:
-        raise TrainingRequestError(f"unknown dataset kind {kind!r} (use image-folder, arrays or snapshot)")
+        raise TrainingRequestError(
+            f"unknown dataset kind {kind!r} (use image-folder, arrays, snapshot or hard-negatives)"
+        )
     present = {k: v for k, v in counts.items() if v > 0}
     if not present:
         raise TrainingRequestError("the dataset is empty")
@@ -223,6 +268,8 @@ def launch_training(
     except (TypeError, ValueError) as exc:
         raise TrainingRequestError(f"bad recipe: {exc}") from exc
     _check_recipe_bounds(checked)
+    if dataset_source.get("kind") == "hard-negatives" and stage != Stage.SECONDARY:
+        raise TrainingRequestError("hard negatives train the secondary model: use stage secondary")
     check_dataset(dataset_source)
     with transaction.atomic():
         run = TrainingRun.objects.create(
@@ -255,8 +302,14 @@ def execute_training_run(*, run_id: int, worker: str = "local", device: str | No
             run.finish(TrainingRun.Status.CANCELLED, reason="cancelled before it started")
         return run.status
     try:
-        dataset = load_dataset(run.dataset_source)
+        source = run.dataset_source
+        if source.get("kind") == "hard-negatives":
+            source = _mine_for_run(run)
+        dataset = load_dataset(source)
         recipe = TrainingRecipe.from_dict(run.recipe or {})
+    except TrainingCancelled as exc:
+        run.finish(TrainingRun.Status.CANCELLED, reason=str(exc))
+        return run.status
     except Exception as exc:  # noqa: BLE001 - any bad input ends the run with its reason
         run.finish(TrainingRun.Status.FAILED, reason=f"dataset or recipe: {exc}")
         return run.status
@@ -303,6 +356,27 @@ def execute_training_run(*, run_id: int, worker: str = "local", device: str | No
         return run.status
     _register_model_version(run, result, dataset)
     return TrainingRun.Status.SUCCEEDED
+
+
+def _mine_for_run(run: TrainingRun) -> dict[str, Any]:
+    """Mine the hard negatives of a secondary run into its folder (reused when a resumed run
+    finds them complete) and return the arrays source the run then trains on."""
+    from .mining import mine
+
+    last_write = [0.0]
+
+    def on_progress(fields: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if now - last_write[0] < PROGRESS_EVERY_S and fields.get("fraction") != 1.0:
+            return
+        last_write[0] = now
+        TrainingRun.objects.filter(pk=run.pk).update(progress=fields, heartbeat_at=timezone.now())
+        if TrainingRun.objects.filter(pk=run.pk, cancel_requested=True).exists():
+            raise TrainingCancelled("cancelled while mining hard negatives")
+
+    folder = run_dir(run) / "hard-negatives"
+    mine(run.dataset_source, folder, progress=on_progress)
+    return {"kind": "arrays", "path": str(folder)}
 
 
 def _register_model_version(run: TrainingRun, result, dataset: LoadedDataset) -> ModelVersion:

@@ -3,15 +3,32 @@ from __future__ import annotations
 from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
-from . import views
+from . import mining_views, views
 
 router = DefaultRouter()
 router.register("training-runs", views.TrainingRunViewSet, basename="training-run")
 router.register("model-versions", views.ModelVersionViewSet, basename="model-version")
 
-urlpatterns = [path("", include(router.urls))]
+urlpatterns = [
+    path(
+        "model-versions/<int:pk>/train-secondary/",
+        mining_views.TrainSecondaryView.as_view(),
+        name="model-version-train-secondary",
+    ),
+    path(
+        "scoring-runs/<int:pk>/changes/",
+        views.ScoringRunChangesView.as_view(),
+        name="scoring-run-changes-api",
+    ),
+    path("", include(router.urls)),
+]
 
 page_urls = [
     path("models/", views.models_page, name="models"),
     path("models/<int:pk>/", views.model_version_page, name="model-version-page"),
+    path(
+        "scoring-runs/<int:pk>/changes/",
+        views.scoring_run_changes_page,
+        name="scoring-run-changes",
+    ),
 ]
