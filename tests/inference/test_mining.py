@@ -262,3 +262,13 @@ def test_only_admins_launch_the_chain_and_bad_requests_say_why(
     body = ok.json()
     assert body["stage"] == "secondary" and body["dataset_source"]["primary"] == primary.pk
     assert body["recipe"]["max_epochs"] == 2 and body["status"] == "queued"
+
+
+def test_manage_py_train_secondary_from_refuses_with_the_reason(negative_case, primary):
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="known to hold tumour"):
+        pos = negative_case[1]["pos-1"].pk
+        call_command("train", "--secondary-from", str(primary.pk), "--negative-slides", str(pos))
+    with pytest.raises(CommandError, match="no model version 999999"):
+        call_command("train", "--secondary-from", "999999")
