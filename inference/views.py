@@ -4,21 +4,32 @@ from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from audit.log import record
-from slides.access import has_role
+from config.pagination import BoundedLimitOffsetPagination
+from slides.access import has_role, nodes_for
 from slides.models import Role
 
 from . import plots
+from .changes import (
+    DIRECTIONS,
+    ComparisonError,
+    RunComparison,
+    compare_runs,
+    previous_completed_run,
+)
 from .jobs import TrainingRequestError, launch_training, promote, rollback
-from .records import ModelVersion, TrainingRun
+from .records import ModelVersion, ScoringRun, TrainingRun
 from .serializers import (
     LaunchTrainingSerializer,
     ModelVersionSerializer,
@@ -66,7 +77,9 @@ class TrainingRunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet)
         _require_admin(request)
         run = self.get_object()
         if run.is_finished:
-            return Response({"detail": f"run {run.pk} already {run.status}"}, status=status.HTTP_409_CONFLICT)
+            return Response(
+                {"detail": f"run {run.pk} already {run.status}"}, status=status.HTTP_409_CONFLICT
+            )
         run.request_cancel()
         record(actor=request.user, action="training cancelled", obj=run)
         return Response(TrainingRunSerializer(run).data)
@@ -96,7 +109,10 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
         body.is_valid(raise_exception=True)
         version = rollback(stage=body.validated_data["stage"], user=request.user)
         if version is None:
-            return Response({"detail": "no earlier promoted version to roll back to"}, status=status.HTTP_409_CONFLICT)
+            return Response(
+                {"detail": "no earlier promoted version to roll back to"},
+                status=status.HTTP_409_CONFLICT,
+            )
         return Response(ModelVersionSerializer(version).data)
 
 
@@ -115,9 +131,14 @@ def models_page(request: HttpRequest) -> HttpResponse:
         request,
         "inference/models.html",
         {
-            "runs": TrainingRun.objects.select_related("created_by", "model_version").order_by("-id")[:50],
+            "runs": TrainingRun.objects.select_related("created_by", "model_version").order_by(
+                "-id"
+            )[:50],
             "versions": ModelVersion.objects.order_by("-id")[:50],
             "live": ModelVersion.objects.filter(is_live=True),
+            "scoring_runs": ScoringRun.objects.select_related(
+                "model_version", "secondary_version"
+            ).order_by("-created_at", "-id")[:20],
             "is_admin": has_role(request.user, Role.ADMIN),
         },
     )
@@ -134,6 +155,179 @@ def model_version_page(request: HttpRequest, pk: int) -> HttpResponse:
             "version": version,
             "roc_svg": plots.roc_svg(version.roc, auc=version.val_auc),
             "curves_svg": plots.curves_svg(version.curves),
+            "scoring_runs": ScoringRun.objects.filter(
+                Q(model_version=version) | Q(secondary_version=version)
+            )
+            .select_related("model_version", "secondary_version")
+            .order_by("-created_at", "-id")[:20],
             "is_admin": has_role(request.user, Role.ADMIN),
         },
+    )
+
+
+# ---- what changed between scoring runs ----------------------------------------------------------
+
+CHANGES_PAGE_SIZE = 200
+
+
+def _run_summary(run: ScoringRun | None) -> dict | None:
+    if run is None:
+        return None
+    secondary = run.secondary_version
+    return {
+        "id": run.pk,
+        "model_version": {"id": run.model_version_id, "name": run.model_version.name},
+        "secondary_version": {"id": secondary.pk, "name": secondary.name} if secondary else None,
+        "threshold": run.threshold,
+        "status": run.status,
+        "trigger": run.trigger,
+        "created_at": run.created_at.isoformat(),
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+    }
+
+
+def _scoring_run(pk: int) -> ScoringRun:
+    return get_object_or_404(
+        ScoringRun.objects.select_related("model_version", "secondary_version"), pk=pk
+    )
+
+
+def comparison_for(user, run: ScoringRun, params) -> tuple[RunComparison, str | None]:
+    """Parse ``against``, ``threshold`` and ``direction`` from a query and compare ``run`` over the
+    nodes ``user`` may see. Returns the comparison and how the earlier run was chosen ("requested",
+    "previous completed run", or None when there is none). Bad parameters raise a DRF
+    ValidationError naming each one."""
+    errors: dict[str, str] = {}
+    against: ScoringRun | None = None
+    source: str | None = None
+    raw = (params.get("against") or "").strip()
+    if raw:
+        try:
+            pk = int(raw)
+        except ValueError:
+            errors["against"] = f"must be the id of a scoring run, not {raw!r}"
+        else:
+            if pk == run.pk:
+                errors["against"] = f"scoring run {run.pk} cannot be compared with itself"
+            elif not 0 < pk < 2**63:  # no database integer overflow
+                errors["against"] = f"there is no scoring run {pk}"
+            else:
+                against = (
+                    ScoringRun.objects.select_related("model_version", "secondary_version")
+                    .filter(pk=pk)
+                    .first()
+                )
+                if against is None:
+                    errors["against"] = f"there is no scoring run {pk}"
+                source = "requested"
+    threshold: float | None = None
+    raw = (params.get("threshold") or "").strip()
+    if raw:
+        try:
+            threshold = float(raw)
+        except ValueError:
+            threshold = float("nan")
+        if not 0 < threshold <= 1:  # also refuses nan
+            errors["threshold"] = f"must be a number in (0, 1], not {raw!r}"
+    direction = (params.get("direction") or "").strip() or None
+    if direction is not None and direction not in DIRECTIONS:
+        errors["direction"] = f"must be one of {', '.join(DIRECTIONS)}, not {direction!r}"
+    if errors:
+        raise ValidationError({name: [message] for name, message in errors.items()})
+    if source is None:
+        against = previous_completed_run(run)
+        source = "previous completed run" if against is not None else None
+    try:
+        comparison = compare_runs(
+            run=run,
+            against=against,
+            nodes=nodes_for(user),
+            threshold=threshold,
+            direction=direction,  # type: ignore[arg-type]
+        )
+    except ComparisonError as exc:  # pragma: no cover - the checks above come first
+        raise ValidationError({"detail": str(exc)}) from exc
+    return comparison, source
+
+
+class ScoringRunChangesView(APIView):
+    """Nodes of your labs whose screening result flipped between a scoring run and an earlier one
+    (by default the previous completed run over the same nodes), with counts."""
+
+    pagination_class = BoundedLimitOffsetPagination
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("against", int, description="the run to compare with"),
+            OpenApiParameter("threshold", float, description="one threshold for both runs"),
+            OpenApiParameter("direction", str, enum=list(DIRECTIONS)),
+            OpenApiParameter("limit", int),
+            OpenApiParameter("offset", int),
+        ],
+        responses={200: dict},
+    )
+    def get(self, request: Request, pk: int) -> Response:
+        _require_any_role(request)
+        run = _scoring_run(pk)
+        comparison, source = comparison_for(request.user, run, request.query_params)
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(comparison.changes, request, view=self) or []
+        body = {
+            "run": _run_summary(run),
+            "against": _run_summary(comparison.against),
+            "against_source": source,
+            "threshold": comparison.threshold,
+            "counts": comparison.counts(),
+            "count": len(comparison.changes),
+            "next": paginator.get_next_link(),
+            "previous": paginator.get_previous_link(),
+            "results": [change.to_dict() for change in page],
+        }
+        if comparison.against is None:
+            body["detail"] = (
+                "no earlier completed scoring run scored these nodes; nothing to compare"
+            )
+        return Response(body)
+
+
+@login_required
+def scoring_run_changes_page(request: HttpRequest, pk: int) -> HttpResponse:
+    """The "what changed" page of a scoring run."""
+    _page_roles(request)
+    run = _scoring_run(pk)
+    errors: dict = {}
+    comparison, source = None, None
+    try:
+        comparison, source = comparison_for(request.user, run, request.GET)
+    except ValidationError as exc:
+        errors = exc.detail  # type: ignore[assignment]
+    try:
+        offset = max(0, int(request.GET.get("offset", 0)))
+    except ValueError:
+        offset = 0
+    changes = comparison.changes if comparison else []
+    query = request.GET.copy()
+    query.pop("offset", None)
+    context = {
+        "run": run,
+        "comparison": comparison,
+        "against_source": source,
+        "errors": errors,
+        "changes": changes[offset : offset + CHANGES_PAGE_SIZE],
+        "total": len(changes),
+        "offset": offset,
+        "shown_to": min(offset + CHANGES_PAGE_SIZE, len(changes)),
+        "next_offset": offset + CHANGES_PAGE_SIZE
+        if offset + CHANGES_PAGE_SIZE < len(changes)
+        else None,
+        "prev_offset": max(0, offset - CHANGES_PAGE_SIZE) if offset else None,
+        "query": query.urlencode(),
+        "choices": ScoringRun.objects.exclude(pk=run.pk)
+        .select_related("model_version")
+        .order_by("-created_at", "-id")[:50],
+        "params": {k: request.GET.get(k, "") for k in ("against", "threshold", "direction")},
+        "directions": DIRECTIONS,
+    }
+    return render(
+        request, "inference/scoring_run_changes.html", context, status=400 if errors else 200
     )
