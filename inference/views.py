@@ -73,7 +73,7 @@ class TrainingRunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet)
 
     @extend_schema(request=None, responses=TrainingRunSerializer)
     @action(detail=True, methods=["post"])
-    def cancel(self, request, pk=None):
+    def cancel(self, request, pk=None, format=None):  # noqa: A002 - DRF's `.json` suffix
         _require_admin(request)
         run = self.get_object()
         if run.is_finished:
@@ -96,14 +96,14 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
 
     @extend_schema(request=None, responses=ModelVersionSerializer)
     @action(detail=True, methods=["post"])
-    def promote(self, request, pk=None):
+    def promote(self, request, pk=None, format=None):  # noqa: A002 - DRF's `.json` suffix
         _require_admin(request)
         version = promote(version=self.get_object(), user=request.user)
         return Response(ModelVersionSerializer(version).data)
 
     @extend_schema(request=RollbackSerializer, responses=ModelVersionSerializer)
     @action(detail=False, methods=["post"])
-    def rollback(self, request):
+    def rollback(self, request, format=None):  # noqa: A002 - DRF's `.json` suffix
         _require_admin(request)
         body = RollbackSerializer(data=request.data)
         body.is_valid(raise_exception=True)
