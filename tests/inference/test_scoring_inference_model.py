@@ -1,0 +1,73 @@
+"""The speed-ups of dense scanning compute what the trained model computes: batch norms folded
+into the convolutions (channels-last), and tiles read in a background thread."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from inference.scoring import Classifier, ScoringError, fold_batch_norms, scan_image
+
+from .test_scoring import TINY, random_dense_model
+
+
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [
+        ("mobilenetv2", TINY),
+        ("resnet-small", {"blocks": (1, 1), "widths": (8, 16), "padding": "valid"}),
+    ],
+)
+def test_folded_model_computes_what_the_trained_model_computes(name, kw):
+    model = random_dense_model(name, seed=4, **kw)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused, folded = fold_batch_norms(model)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert folded == n_bn > 0  # every batch norm of these nets follows a convolution
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    windows = torch.rand(16, 3, 40, 40, generator=torch.Generator().manual_seed(5)) * 4 - 2
+    with torch.inference_mode():
+        want = torch.softmax(model(windows), 1)
+        got = torch.softmax(fused(windows), 1)
+    assert (want - got).abs().max() <= 1e-5
+    assert want.std() > 0.05  # the probabilities are spread, so the comparison means something
+    # the classifier runs the folded copy; the trained model's weights are untouched
+    classifier = Classifier(model=model).to("cpu")
+    pixels = np.random.default_rng(6).integers(0, 256, (16, 40, 40, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        reference = torch.softmax(model(classifier._prepare(pixels).contiguous()), 1)[:, 1]
+    assert np.abs(classifier.window_probabilities(pixels) - reference.numpy()).max() <= 1e-5
+    assert classifier.inference_model is not model
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_a_failing_tile_read_in_the_reader_thread_stops_the_scan_with_its_reason():
+    classifier = Classifier(model=random_dense_model()).to("cpu")
+    image = np.random.default_rng(7).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+    calls = []
+
+    def reader(x: int, y: int, w: int, h: int) -> np.ndarray:
+        calls.append((x, y))
+        if len(calls) == 3:
+            raise ScoringError(f"tile at ({x}, {y}) is truncated")
+        return image[y : y + h, x : x + w]
+
+    from inference.scoring import scan
+
+    with pytest.raises(ScoringError, match="is truncated"):
+        scan(reader, width=300, height=300, primary=classifier, tile_windows=8, batch_tiles=1)
+    # without the failure the scan reads every tile once and equals the in-memory scan
+    calls.clear()
+    whole = scan_image(image, primary=classifier, tile_windows=8, batch_tiles=1)
+    result = scan(
+        lambda x, y, w, h: image[y : y + h, x : x + w],
+        width=300,
+        height=300,
+        primary=classifier,
+        tile_windows=8,
+        batch_tiles=1,
+    )
+    assert result.tiles_scanned == whole.tiles_scanned == 16
+    assert np.array_equal(result.primary, whole.primary)
