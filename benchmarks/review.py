@@ -50,31 +50,79 @@ def summarise(label: str, times: list[float], queries: int | None = None) -> dic
     return out
 
 
-def populate(n_cases: int, nodes_per_case: int, seed: int = 11):
-    """Cases, nodes, slides, scores (old model + live model) and decisions, in bulk."""
+def populate(
+    n_cases: int,
+    nodes_per_case: int,
+    seed: int = 11,
+    *,
+    heatmaps: bool = False,
+    decided_share: float = 1 / 3,
+):
+    """Cases, nodes, slides, scores (old model + live model) and decisions, in bulk.
+
+    Returns (lab lead, cases, live model version); `seed_lab` and `add_cases` are the pieces, for
+    benchmarks that add cases of other sizes to the same lab.
+    """
+    rng = random.Random(seed)
+    lab, lead, old, live = seed_lab()
+    cases = add_cases(
+        lab,
+        lead,
+        (old, live),
+        n_cases=n_cases,
+        nodes_per_case=nodes_per_case,
+        rng=rng,
+        heatmaps=heatmaps,
+        decided_share=decided_share,
+    )
+    return lead, cases, live
+
+
+def seed_lab(code: str = "bench"):
+    """A lab, its lab lead, an older primary model (threshold 0.6) and the live one (0.5)."""
     from django.contrib.auth import get_user_model
 
-    from inference.records import NodeScore, Stage
-    from review.models import ReviewDecision
+    from inference.records import Stage
     from slides.access import grant_role
-    from slides.models import Case, Lab, Node, Role, Slide
+    from slides.models import Lab, Role
     from tests.review.factories import make_model_version
 
-    rng = random.Random(seed)
-    lab = Lab.objects.create(code="bench", name="Bench")
-    lead = get_user_model().objects.create_user("bench-lead", password="bench-password-1")
+    lab = Lab.objects.create(code=code, name=code.title())
+    lead = get_user_model().objects.create_user(f"{code}-lead", password="bench-password-1")
     grant_role(lead, Role.LAB_LEAD)
     lab.members.add(lead)
-    old = make_model_version("bench-old", threshold=0.6, live=False, stage=Stage.PRIMARY)
-    live = make_model_version("bench-live", threshold=0.5, live=True, stage=Stage.PRIMARY)
-    Case.objects.bulk_create(
+    old = make_model_version(f"{code}-old", threshold=0.6, live=False, stage=Stage.PRIMARY)
+    live = make_model_version(f"{code}-live", threshold=0.5, live=True, stage=Stage.PRIMARY)
+    return lab, lead, old, live
+
+
+def add_cases(
+    lab,
+    lead,
+    versions,
+    *,
+    n_cases: int,
+    nodes_per_case: int,
+    rng: random.Random,
+    prefix: str = "B",
+    heatmaps: bool = False,
+    decided_share: float = 1 / 3,
+) -> list:
+    """`n_cases` cases of `nodes_per_case` nodes, one slide per node, every node scored by each
+    of `versions` (the last one live); with `heatmaps`, one heat map per slide from the last
+    version holding the node's maximum. A share of the nodes gets a decision. Bulk inserts."""
+    from inference.records import HeatMap, NodeScore
+    from review.models import ReviewDecision
+    from slides.models import Case, Node, Slide
+
+    made = Case.objects.bulk_create(
         [
-            Case(lab=lab, accession_number=f"B{i:06d}", patient_pseudonym=f"P{i}")
+            Case(lab=lab, accession_number=f"{prefix}{i:06d}", patient_pseudonym=f"P{prefix}{i}")
             for i in range(n_cases)
         ],
         batch_size=2000,
     )
-    cases = list(Case.objects.filter(lab=lab).order_by("id"))
+    cases = list(Case.objects.filter(pk__in=[c.pk for c in made]).order_by("id"))
     Node.objects.bulk_create(
         [
             Node(case=c, label=f"level {j + 1}, node {j + 1}")
@@ -83,8 +131,8 @@ def populate(n_cases: int, nodes_per_case: int, seed: int = 11):
         ],
         batch_size=5000,
     )
-    nodes = list(Node.objects.filter(case__lab=lab).order_by("id"))
-    Slide.objects.bulk_create(
+    nodes = list(Node.objects.filter(case__in=cases).order_by("id"))
+    slides = Slide.objects.bulk_create(
         [
             Slide(
                 node=n,
@@ -106,10 +154,37 @@ def populate(n_cases: int, nodes_per_case: int, seed: int = 11):
         ],
         batch_size=5000,
     )
+    live = versions[-1]
+    draws = {
+        (n.pk, v.pk): (rng.betavariate(0.6, 1.4), rng.uniform(0, 40000), rng.uniform(0, 30000))
+        for n in nodes
+        for v in versions
+    }
+    maps: dict[int, HeatMap] = {}
+    if heatmaps:
+        made_maps = HeatMap.objects.bulk_create(
+            [
+                HeatMap(
+                    slide=slide,
+                    model_version=live,
+                    raster_path=f"/nonexistent/heatmap-{slide.pk}.npy",
+                    stride_px=40.0,
+                    window_px=160.0,
+                    rows=750,
+                    cols=1000,
+                    max_score=draws[(slide.node_id, live.pk)][0],
+                    max_x=draws[(slide.node_id, live.pk)][1],
+                    max_y=draws[(slide.node_id, live.pk)][2],
+                )
+                for slide in slides
+            ],
+            batch_size=5000,
+        )
+        maps = {hm.slide.node_id: hm for hm in made_maps}
     scores = []
     for n in nodes:
-        for version in (old, live):
-            s = rng.betavariate(0.6, 1.4)
+        for version in versions:
+            s, x, y = draws[(n.pk, version.pk)]
             scores.append(
                 NodeScore(
                     node=n,
@@ -117,12 +192,13 @@ def populate(n_cases: int, nodes_per_case: int, seed: int = 11):
                     score=s,
                     threshold=version.threshold,
                     screened_positive=s >= version.threshold,
-                    max_x=rng.uniform(0, 40000),
-                    max_y=rng.uniform(0, 30000),
+                    max_heatmap=maps.get(n.pk) if version is live else None,
+                    max_x=x,
+                    max_y=y,
                 )
             )
     NodeScore.objects.bulk_create(scores, batch_size=5000)
-    decided = rng.sample(nodes, len(nodes) // 3)
+    decided = rng.sample(nodes, round(len(nodes) * decided_share))
     ReviewDecision.objects.bulk_create(
         [
             ReviewDecision(
@@ -137,7 +213,7 @@ def populate(n_cases: int, nodes_per_case: int, seed: int = 11):
         ],
         batch_size=5000,
     )
-    return lead, cases, live
+    return cases
 
 
 def naive_queue(case, version):

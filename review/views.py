@@ -392,7 +392,12 @@ class TriageView(APIView):
         filters, version = triage_filter(request.user, query)
         nodes = triage_nodes(nodes_for(request.user), version=version, filters=filters)
         paginator = BoundedLimitOffsetPagination()
-        ids = paginator.paginate_queryset(nodes.values_list("pk", flat=True), request, view=self)
+        paginator.request = request
+        paginator.limit = paginator.get_limit(request)
+        paginator.offset = paginator.get_offset(request)
+        ids, paginator.count = queues.triage_ids(
+            nodes, offset=paginator.offset, limit=paginator.limit
+        )
         page = queues.triage_page(ids, version=version)
         response = paginator.get_paginated_response([triage_row_json(n) for n in page])
         response.data["model_version"] = (
@@ -582,8 +587,7 @@ def triage_page(request: HttpRequest) -> HttpResponse:
                 offset = max(0, int(request.GET.get("offset", 0)))
             except ValueError:
                 offset = 0
-            total = qs.count()
-            ids = list(qs.values_list("pk", flat=True)[offset : offset + TRIAGE_PAGE_SIZE])
+            ids, total = queues.triage_ids(qs, offset=offset, limit=TRIAGE_PAGE_SIZE)
             nodes = queues.triage_page(ids, version=version)
     else:
         errors = form.errors

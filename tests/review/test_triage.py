@@ -128,3 +128,37 @@ def test_triage_page_lists_rows_and_filters(people, cases):
 def test_pagination(people, cases):
     page = client_for(people.lab_lead).get("/api/review/triage/?limit=2&offset=1").json()
     assert page["count"] == 4 and [r["label"] for r in page["results"]] == ["n1", "n2"]
+
+
+def test_latest_score_and_latest_decision_decide_the_listing(people, cases, version):
+    """Only a node's newest live score screens it, and only its newest decision is its status."""
+    client = client_for(people.lab_lead)
+    old_n2 = cases["OLD"].nodes.get(label="n2")  # 0.8: positive-screened, not listed
+    score_node(old_n2, version, 0.3)  # rescored below the threshold: listed now
+    mid_n1 = cases["MID"].nodes.get(label="n1")  # 0.3
+    score_node(mid_n1, version, 0.7)  # rescored above: gone, though an older score was below
+    assert rows(client.get("/api/review/triage/")) == [
+        ("OLD", "n1"),
+        ("OLD", "n2"),
+        ("MID", "n2"),
+        ("NEW", "n1"),
+    ]
+    new_n1 = cases["NEW"].nodes.get(label="n1")
+    first = services.decide(
+        node=new_n1, user=people.lab_lead, status="confirmed_negative", based_on=None
+    )
+    services.decide(
+        node=new_n1,
+        user=people.lab_lead,
+        status="needs_further_work",
+        further_work="ihc",
+        based_on=first.pk,
+    )
+    assert ("NEW", "n1") not in rows(client.get("/api/review/triage/"))
+    assert rows(client.get("/api/review/triage/?status=confirmed_negative")) == []
+    assert rows(client.get("/api/review/triage/?status=needs_further_work")) == [("NEW", "n1")]
+
+
+def test_a_page_past_the_end_is_empty_with_the_total(people, cases):
+    page = client_for(people.lab_lead).get("/api/review/triage/?limit=2&offset=10").json()
+    assert page["count"] == 4 and page["results"] == [] and page["next"] is None
