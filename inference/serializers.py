@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 from rest_framework import serializers
+
+from slides.access import has_role
+from slides.models import Role
 
 from .records import ModelVersion, Stage, TrainingRun
 
@@ -19,6 +24,25 @@ class TrainingRunSerializer(serializers.ModelSerializer):
             "model_version",
         ]
         read_only_fields = fields
+
+    def to_representation(self, instance: TrainingRun) -> dict:
+        """Server paths (the training folder, files named in a failure) are shown to admins only."""
+        data = super().to_representation(instance)
+        request = self.context.get("request")
+        if request is None or not has_role(request.user, Role.ADMIN):
+            source = data.get("dataset_source")
+            if isinstance(source, dict):
+                data["dataset_source"] = {k: v for k, v in source.items() if not _is_path_key(k)}
+            data["status_reason"] = ABSOLUTE_PATH.sub("<server path>", data.get("status_reason") or "")
+        return data
+
+
+# An absolute POSIX path inside a message ("cannot read /srv/data/x.png: ...").
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"]+/)*[^\s/'\":,;]+")
+
+
+def _is_path_key(key: str) -> bool:
+    return key in {"path", "csv", "root", "folder", "file"} or key.endswith(("_path", "_dir", "_file"))
 
 
 class LaunchTrainingSerializer(serializers.Serializer):

@@ -69,7 +69,10 @@ class TrainingRunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet)
             run = launch_training(user=request.user, **body.validated_data)
         except TrainingRequestError as exc:
             raise ValidationError({"detail": str(exc)}) from exc
-        return Response(TrainingRunSerializer(run).data, status=status.HTTP_201_CREATED)
+        return Response(
+            TrainingRunSerializer(run, context={"request": request}).data,
+            status=status.HTTP_201_CREATED,
+        )
 
     @extend_schema(request=None, responses=TrainingRunSerializer)
     @action(detail=True, methods=["post"])
@@ -82,7 +85,7 @@ class TrainingRunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet)
             )
         run.request_cancel()
         record(actor=request.user, action="training cancelled", obj=run)
-        return Response(TrainingRunSerializer(run).data)
+        return Response(TrainingRunSerializer(run, context={"request": request}).data)
 
 
 class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
