@@ -23,6 +23,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.log import record
+from config.queueing import QueueUnavailable, check_queue_reachable, send
 
 from .records import ModelVersion, Stage, TrainingRun
 from .training import TrainingCancelled, TrainingProgress, TrainingRecipe, train
@@ -271,6 +272,8 @@ def launch_training(
     if dataset_source.get("kind") == "hard-negatives" and stage != Stage.SECONDARY:
         raise TrainingRequestError("hard negatives train the secondary model: use stage secondary")
     check_dataset(dataset_source)
+    if enqueue:
+        check_queue_reachable()  # broker down: QueueUnavailable (503) before any row is written
     with transaction.atomic():
         run = TrainingRun.objects.create(
             created_by=user if user is not None and user.is_authenticated else None,
@@ -278,10 +281,20 @@ def launch_training(
         )
         record(actor=user, action="training launched", obj=run, architecture=architecture, stage=stage)
         if enqueue:
-            from .tasks import run_training
-
-            transaction.on_commit(lambda: run_training.apply_async(args=[run.pk], queue=settings.TRAINING_QUEUE))
+            transaction.on_commit(lambda: _queue_training_run(run))
     return run
+
+
+def _queue_training_run(run: TrainingRun) -> None:
+    """Send the run's task; if the broker fails now, the run is failed with the reason (it would
+    otherwise stay `queued` with no message behind it) and QueueUnavailable goes to the caller."""
+    from .tasks import run_training
+
+    try:
+        send(run_training, [run.pk], queue=settings.TRAINING_QUEUE, what=f"training run {run.pk}")
+    except QueueUnavailable as exc:
+        run.finish(TrainingRun.Status.FAILED, reason=str(exc))
+        raise
 
 
 # ---- executing ---------------------------------------------------------------------------------
@@ -439,7 +452,10 @@ def code_version() -> str:
 
 def promote(*, version: ModelVersion, user=None, rescore: bool = True) -> ModelVersion:
     """Make `version` the live model of its stage (the previous live one steps down) and, after the
-    commit, rescore every slide with the live cascade (one task per slide on the `gpu` queue)."""
+    commit, rescore every slide with the live cascade (one task per slide on the `gpu` queue).
+    With the job queue down nothing is promoted (QueueUnavailable), since nothing could be rescored."""
+    if rescore:
+        check_queue_reachable()
     with transaction.atomic():
         ModelVersion.objects.select_for_update().filter(stage=version.stage, is_live=True).exclude(
             pk=version.pk

@@ -118,7 +118,11 @@ def rescore_all(
 
 
 def enqueue_run(run_id: int) -> int:
-    """Queue a task for every still-queued slide job of a run; returns how many."""
+    """Queue a task for every still-queued slide job of a run; returns how many were sent. If the
+    job queue cannot be reached, the slide jobs not sent are failed with that reason (rather than
+    left `queued` with no message behind them) and the run finishes failed."""
+    from config.queueing import QueueUnavailable, send
+
     from .tasks import score_slide
 
     jobs = list(
@@ -126,8 +130,20 @@ def enqueue_run(run_id: int) -> int:
             scoring_run_id=run_id, status=SlideScoring.Status.QUEUED
         ).values_list("pk", flat=True)
     )
-    for pk in jobs:
-        score_slide.apply_async(args=[pk], queue=settings.TRAINING_QUEUE)
+    for sent, pk in enumerate(jobs):
+        try:
+            send(score_slide, [pk], queue=settings.TRAINING_QUEUE, what=f"slide scoring job {pk}")
+        except QueueUnavailable as exc:
+            log.error("scoring run %s: %s", run_id, exc)
+            with transaction.atomic():
+                failed = SlideScoring.objects.filter(
+                    pk__in=jobs[sent:], status=SlideScoring.Status.QUEUED
+                ).update(status=SlideScoring.Status.FAILED, status_reason=str(exc)[:5000])
+                ScoringRun.objects.filter(pk=run_id).update(
+                    slides_failed=models.F("slides_failed") + failed
+                )
+                finish_run_if_complete(ScoringRun.objects.get(pk=run_id))
+            return sent
     return len(jobs)
 
 
