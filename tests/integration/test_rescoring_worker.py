@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 
 from inference.heatmaps import read_raster
 from inference.jobs import promote
@@ -21,11 +22,7 @@ from tests.inference.test_scoring import (
     random_dense_model,
     save_weights,
 )
-from tests.integration.test_training_worker import (  # the queue fixture: private, cleaned up
-    start_worker,
-    training_queue,  # noqa: F401
-    wait_for,
-)
+from tests.integration.workers import start_worker, wait_for
 
 
 def _finished(run: ScoringRun) -> bool:
@@ -35,7 +32,7 @@ def _finished(run: ScoringRun) -> bool:
 
 @pytest.mark.worker
 def test_promotion_fans_out_one_task_per_slide_to_a_real_worker(
-    training_queue,  # noqa: F811
+    training_queue,
     tmp_path,
     case,
     people,
@@ -82,7 +79,7 @@ def test_promotion_fans_out_one_task_per_slide_to_a_real_worker(
 
 @pytest.mark.worker
 def test_sigkilled_worker_leaves_no_heat_map_and_the_slide_is_rescored(
-    training_queue,  # noqa: F811
+    training_queue,
     tmp_path,
     case,
 ):
@@ -107,7 +104,7 @@ def test_sigkilled_worker_leaves_no_heat_map_and_the_slide_is_rescored(
     job.refresh_from_db()
     assert job.status == SlideScoring.Status.RUNNING  # truthfully: still running, worker gone
     assert not HeatMap.objects.exists() and not NodeScore.objects.exists()
-    folder = Path(os.environ["NODESCOPE_RESULTS_DIR_FOR_WORKER"]) / "heatmaps" / f"run-{run.pk}"
+    folder = Path(settings.RESULTS_DIR) / "heatmaps" / f"run-{run.pk}"
     assert not (folder / f"slide-{slide.pk}.npz").exists()
     time.sleep(4)  # let its heartbeat go stale (the workers run with a 3 s limit)
     workers.append(start_worker(queue, tmp_path / "worker.log"))
