@@ -75,3 +75,19 @@ def test_queues_benchmark_quick_mode_prints_json_last():
     for key in ("queue_api", "triage_api"):
         assert figures[key]["n"] == 5 and figures[key]["p95_ms"] >= figures[key]["p50_ms"] > 0
     assert figures["baseline"]["triage_p50_ratio"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_load_benchmark_quick_mode_serves_many_viewers_without_errors():
+    result = subprocess.run(
+        [sys.executable, "benchmarks/load.py", "--quick", "--viewers", "4", "--seconds", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["errors"] == 0
+    crowd, single = figures["crowd"], figures["single"]
+    assert crowd["viewers"] == 4 and single["viewers"] == 1
+    for kind in ("tile", "annotations", "queue_page", "queue_api"):
+        assert crowd["kinds"][kind]["n"] > 0 and crowd["kinds"][kind]["p95_ms"] > 0
+    assert figures["p95_ratio"]["all"] > 0 and crowd["requests_per_s"] > 0
