@@ -125,7 +125,8 @@ class ReviewDecision(AppendOnlyModel):
 
 
 class ViewedRegion(AppendOnlyModel):
-    """A reviewer opened a region of a node in the viewer (one row per opening)."""
+    """A reviewer opened a region of a node in the viewer (one row per opening); the review
+    viewer reports it once the region was on screen at a legible zoom, with what it showed."""
 
     node = models.ForeignKey("slides.Node", on_delete=models.CASCADE, related_name="viewed_regions")
     heatmap = models.ForeignKey(
@@ -139,6 +140,11 @@ class ViewedRegion(AppendOnlyModel):
     y = models.FloatField(null=True, blank=True)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     viewed_at = models.DateTimeField(auto_now_add=True)
+    # What the review viewer showed when it reported the region (none: opened by key alone).
+    viewport = models.JSONField(
+        null=True, blank=True, help_text="[x0, y0, x1, y1] of the view, level-0 px of the slide"
+    )
+    zoom = models.FloatField(null=True, blank=True, help_text="screen px per level-0 px")
 
     class Meta:
         ordering = ["node_id", "id"]

@@ -46,6 +46,15 @@ from .models import ReviewDecision, ReviewStatus, ViewedRegion
 VIEWER_MAGNIFICATION = getattr(settings, "REVIEW_VIEWER_MAGNIFICATION", 20.0)
 #: `zoom` for a slide whose magnification and µm per pixel are unknown (the viewer's own default).
 DEFAULT_VIEWER_ZOOM = 0.5
+#: Side (level-0 px) of the square a region stands for when no heat-map window gives one. A
+#: region with a heat map is a square of twice its classifier window around its centre: what
+#: the viewer must show for it to count as viewed, and what a "not tumour" correction saves.
+DEFAULT_REGION_PX = 256.0
+
+
+def region_side(window_px: float | None) -> float:
+    """Side of a region's square: twice the heat map's classifier window, else the default."""
+    return 2 * window_px if window_px else DEFAULT_REGION_PX
 
 
 def viewer_zoom(*, magnification: float | None, mpp: float | None) -> float:
@@ -146,10 +155,30 @@ class Region:
     score: float
     required: bool
     zoom: float = DEFAULT_VIEWER_ZOOM
+    size_px: float = DEFAULT_REGION_PX
 
     def viewer_url(self, *, node_id: int) -> str | None:
         return viewer_url(
-            self.slide_id, x=self.x, y=self.y, zoom=self.zoom, node_id=node_id, region=self.key
+            self.slide_id,
+            x=self.x,
+            y=self.y,
+            zoom=self.zoom,
+            node_id=node_id,
+            region=self.key,
+            heatmap_id=self.heatmap_id,
+        )
+
+    def box(self, *, width: float, height: float) -> tuple[float, float, float, float] | None:
+        """The region's square (x0, y0, x1, y1) in level-0 px, clipped to a slide of this size;
+        None for a region without a location (the node's slide as a whole)."""
+        if self.x is None or self.y is None:
+            return None
+        half = self.size_px / 2
+        return (
+            max(0.0, self.x - half),
+            max(0.0, self.y - half),
+            min(float(width), self.x + half),
+            min(float(height), self.y + half),
         )
 
     def as_dict(self) -> dict:
@@ -198,6 +227,7 @@ def regions_for_scores(
             "max_score",
             "max_x",
             "max_y",
+            "window_px",
         )
         .order_by("-created_at", "-id")
     )
@@ -235,6 +265,7 @@ def regions_for_scores(
                 score.max_y,
                 score.score,
                 _at_or_above(score.score, threshold),
+                size_px=region_side(score.max_heatmap.window_px if hm_id else None),
             )
         for slide_id, hm in maps.get(node_id, {}).items():
             if hm["id"] == score.max_heatmap_id and regions:
@@ -250,6 +281,7 @@ def regions_for_scores(
                     hm["max_y"],
                     hm["max_score"],
                     _at_or_above(hm["max_score"], threshold),
+                    size_px=region_side(hm["window_px"]),
                 ),
             )
         for provider in REGION_PROVIDERS:
@@ -296,22 +328,30 @@ def viewer_url(
     zoom: float = DEFAULT_VIEWER_ZOOM,
     node_id: int | None = None,
     region: str | None = None,
+    heatmap_id: int | None = None,
 ) -> str | None:
-    """`/slides/<id>/view/?x=&y=&zoom=&heatmap=1` (plus node and region, for the viewer to report).
+    """The viewer at a place: `/review/nodes/<node>/slides/<slide>/view/?x=&y=&zoom=&region=`
+    for a node under review (the slide viewer plus the review bar, which reports the regions
+    shown and saves "not tumour" corrections), else `/slides/<slide>/view/?x=&y=&zoom=`.
 
-    x, y: level-0 pixels of the centre; zoom: screen pixels per level-0 pixel.
+    x, y: level-0 pixels of the centre; zoom: screen pixels per level-0 pixel; `heatmap`: the
+    heat map to overlay (the viewer always shows one: the slide's latest of the live model
+    unless named). The overlay is on when the viewer opens.
     """
     if slide_id is None:
         return None
     params: dict[str, object] = {}
     if x is not None and y is not None and math.isfinite(x) and math.isfinite(y):
         params.update(x=round(x), y=round(y), zoom=zoom)
-    params["heatmap"] = 1
-    if node_id is not None:
-        params["node"] = node_id
+    if heatmap_id:
+        params["heatmap"] = heatmap_id
     if region:
         params["region"] = region
-    return f"{reverse('slide-viewer', args=[slide_id])}?{urlencode(params)}"
+    if node_id is not None:
+        path = reverse("review-viewer", args=[node_id, slide_id])
+    else:
+        path = reverse("slide-viewer", args=[slide_id])
+    return f"{path}?{urlencode(params)}" if params else path
 
 
 # ---- a case's queue -----------------------------------------------------------------------------

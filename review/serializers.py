@@ -57,14 +57,43 @@ class ViewedRegionInputSerializer(serializers.Serializer):
     slide = serializers.IntegerField(
         required=False, allow_null=True, default=None, min_value=1, max_value=MAX_ID
     )
+    viewport = serializers.ListField(
+        child=serializers.FloatField(),
+        min_length=4,
+        max_length=4,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="what the viewer showed: [x0, y0, x1, y1], level-0 px of the slide",
+    )
+    zoom = serializers.FloatField(
+        required=False,
+        allow_null=True,
+        default=None,
+        min_value=0,
+        max_value=1000,
+        help_text="screen px per level-0 px of that view",
+    )
 
     def validate(self, attrs):
         _finite(attrs.get("x"), "x")
         _finite(attrs.get("y"), "y")
+        _finite(attrs.get("zoom"), "zoom")
         if not attrs.get("region") and (attrs.get("x") is None or attrs.get("y") is None):
             raise serializers.ValidationError(
                 "give a region key, or a centre x and y (level-0 pixels)"
             )
+        view = attrs.get("viewport")
+        if view is not None:
+            if not all(math.isfinite(v) for v in view):
+                raise serializers.ValidationError({"viewport": "must be four finite numbers"})
+            if view[0] >= view[2] or view[1] >= view[3]:
+                raise serializers.ValidationError(
+                    {"viewport": "must be [x0, y0, x1, y1], x0 < x1, y0 < y1"}
+                )
+            attrs["viewport"] = tuple(view)
+        if (view is None) != (attrs.get("zoom") is None):
+            raise serializers.ValidationError("give the viewport and the zoom together")
         return attrs
 
 
@@ -205,7 +234,18 @@ class DecisionSerializer(serializers.ModelSerializer):
 class ViewedRegionSerializer(serializers.ModelSerializer):
     class Meta:
         model = ViewedRegion
-        fields = ["id", "node", "region_key", "heatmap", "slide", "x", "y", "viewed_at"]
+        fields = [
+            "id",
+            "node",
+            "region_key",
+            "heatmap",
+            "slide",
+            "x",
+            "y",
+            "viewport",
+            "zoom",
+            "viewed_at",
+        ]
 
 
 class SignOffSerializer(serializers.ModelSerializer):

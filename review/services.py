@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 
@@ -46,6 +47,7 @@ from .models import (
     ViewedRegion,
 )
 from .queues import (
+    DEFAULT_REGION_PX,
     Region,
     effective_threshold,
     latest_decision,
@@ -58,7 +60,12 @@ from .queues import (
 #: A free centre (x, y) reported by the viewer counts as a region if it lies this close (level-0 px).
 REGION_MATCH_PX = 512
 #: Side of the square a "not tumour" correction covers around a region without a heat map window.
-DEFAULT_CORRECTION_PX = 256.0
+DEFAULT_CORRECTION_PX = DEFAULT_REGION_PX
+#: "Viewed" when the viewer reports its view: the region's square at least this share inside the
+#: view, at a zoom (screen px per level-0 px) where the pixels are legible. 0.25 is 10x on a 40x
+#: scan (0.25 µm/px), 5x on a 20x one. The review viewer applies the same rule before it reports.
+VIEWED_MIN_INSIDE = float(getattr(settings, "REVIEW_VIEWED_MIN_INSIDE", 0.8))
+VIEWED_MIN_ZOOM = float(getattr(settings, "REVIEW_VIEWED_MIN_ZOOM", 0.25))
 
 
 class ReviewRefused(Exception):
@@ -288,6 +295,38 @@ def node_regions(node: Node) -> list[Region]:
     return regions_for(score, threshold=effective_threshold(score, version))
 
 
+def inside_share(
+    box: tuple[float, float, float, float], view: tuple[float, float, float, float]
+) -> float:
+    """Share (0..1) of the area of `box` that lies inside `view`; both (x0, y0, x1, y1)."""
+    width = max(0.0, min(box[2], view[2]) - max(box[0], view[0]))
+    height = max(0.0, min(box[3], view[3]) - max(box[1], view[1]))
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    return 1.0 if area <= 0 else width * height / area
+
+
+def check_shown(
+    match: Region, *, slide: Slide, viewport: tuple[float, float, float, float], zoom: float
+) -> None:
+    """Refuse (code "not_shown") unless the view showed `match` as the viewed rule asks."""
+    if zoom < VIEWED_MIN_ZOOM:
+        raise ReviewRefused(
+            f"region {match.key} was shown at {zoom:.3g} screen px per slide px; it counts as "
+            f"viewed from {VIEWED_MIN_ZOOM:g} (zoom in further)",
+            code="not_shown",
+        )
+    box = match.box(width=slide.width, height=slide.height)
+    if box is None:
+        return  # the node's slide as a whole: showing the slide is viewing it
+    share = inside_share(box, viewport)
+    if share < VIEWED_MIN_INSIDE:
+        raise ReviewRefused(
+            f"region {match.key} was {share:.0%} inside the view; it counts as viewed from "
+            f"{VIEWED_MIN_INSIDE:.0%} (pan to it)",
+            code="not_shown",
+        )
+
+
 def record_viewed_region(
     *,
     node: Node,
@@ -296,13 +335,24 @@ def record_viewed_region(
     x: float | None = None,
     y: float | None = None,
     slide: int | None = None,
+    viewport: tuple[float, float, float, float] | None = None,
+    zoom: float | None = None,
 ) -> ViewedRegion:
     """Record that `user` opened a region of `node`: by key, or by a centre (x, y) on a slide.
 
     A centre within REGION_MATCH_PX of one of the node's regions on the same slide counts as that
     region; any other centre is recorded as it is (key "xy@x,y") but satisfies no region.
+
+    The review viewer reports a region by key with what it showed: `viewport` (x0, y0, x1, y1,
+    level-0 px of `slide`) and `zoom` (screen px per level-0 px). Then the region must have been
+    on that slide, at least VIEWED_MIN_INSIDE of its square inside the view, at VIEWED_MIN_ZOOM or
+    closer, or nothing is recorded; the view is kept with the record.
     """
     _require(user, Role.PATHOLOGIST, "Only pathologists, lab leads and admins review nodes.")
+    if (viewport is None) != (zoom is None):
+        raise ReviewRefused("give the viewport and the zoom together", code="viewport")
+    if viewport is not None and not region:
+        raise ReviewRefused("a viewport is reported with a region key", code="viewport")
     regions = node_regions(node)
     if region:
         match = next((r for r in regions if r.key == region), None)
@@ -322,6 +372,16 @@ def record_viewed_region(
             match.x,
             match.y,
         )
+        if viewport is not None:
+            if slide is not None and slide != match.slide_id:
+                raise ReviewRefused(
+                    f"region {match.key} is on slide {match.slide_id}, not on slide {slide}",
+                    code="slide",
+                )
+            shown = Slide.objects.filter(node=node, pk=match.slide_id).first()
+            if shown is None:
+                raise ReviewRefused(f"region {match.key} has no slide to view", code="slide")
+            check_shown(match, slide=shown, viewport=viewport, zoom=zoom)
     else:
         if x is None or y is None or not (math.isfinite(x) and math.isfinite(y)):
             raise ReviewRefused(
@@ -348,7 +408,15 @@ def record_viewed_region(
         else:
             key, heatmap_id = f"xy@{round(x)},{round(y)}", None
     return ViewedRegion.objects.create(
-        node=node, heatmap_id=heatmap_id, slide_id=slide_id, region_key=key, x=x, y=y, user=user
+        node=node,
+        heatmap_id=heatmap_id,
+        slide_id=slide_id,
+        region_key=key,
+        x=x,
+        y=y,
+        user=user,
+        viewport=[round(v, 1) for v in viewport] if viewport is not None else None,
+        zoom=zoom,
     )
 
 
@@ -414,18 +482,8 @@ def correct_region(
                 code="unknown_region",
             )
         target = Slide.objects.get(pk=match.slide_id)
-        side = size_px
-        if side is None:
-            window = None
-            if match.heatmap_id:
-                from inference.records import HeatMap
-
-                window = (
-                    HeatMap.objects.filter(pk=match.heatmap_id)
-                    .values_list("window_px", flat=True)
-                    .first()
-                )
-            side = 2 * window if window else DEFAULT_CORRECTION_PX
+        # By default the region's own square: what the viewer had to show for it to count viewed.
+        side = size_px if size_px is not None else match.size_px
         shape = _square(match.x, match.y, float(side), target)
         key = match.key
     elif geometry is not None:

@@ -44,6 +44,11 @@ urlpatterns = [
 
 page_urls = [
     path("review/cases/<int:pk>/", views.case_queue_page, name="review-case-queue"),
+    path(
+        "review/nodes/<int:pk>/slides/<int:slide_pk>/view/",
+        views.review_viewer_page,
+        name="review-viewer",
+    ),
     path("review/triage/", views.triage_page, name="review-triage"),
     path("review/metrics/", views.metrics_page, name="review-metrics"),
 ]

@@ -210,6 +210,8 @@ class NodeViewedRegionsView(APIView):
                 x=body["x"],
                 y=body["y"],
                 slide=body["slide"],
+                viewport=body["viewport"],
+                zoom=body["zoom"],
             )
         except services.ReviewRefused as exc:
             return refusal(exc)
@@ -561,6 +563,73 @@ def case_queue_page(request: HttpRequest, pk: int) -> HttpResponse:
             "settings": services.lab_settings(case.lab),
             "sign_offs": CaseSignOff.objects.filter(case=case).order_by("id"),
         },
+    )
+
+
+def review_viewer_json(node: Node, slide, user) -> dict:
+    """What the review viewer's bar needs: the node's regions (with their squares, and whether
+    this user has viewed each), the viewed rule, the hard-negative classes and the API URLs."""
+    regions = services.node_regions(node)
+    seen = set(
+        node.viewed_regions.filter(user=user).values_list("region_key", flat=True).distinct()
+    )
+    sizes = {s.pk: (s.width, s.height) for s in node.slides.all()}
+    corrections = ReviewerCorrection.objects.filter(node=node).select_related(
+        "annotation__label_class"
+    )
+    rows = []
+    for r in regions:
+        width, height = sizes.get(r.slide_id, (0, 0))
+        box = r.box(width=width, height=height) if r.slide_id in sizes else None
+        rows.append(
+            r.as_dict()
+            | {
+                "viewed": r.key in seen,
+                "box": list(box) if box else None,
+                "size_px": r.size_px,
+                "viewer_url": r.viewer_url(node_id=node.pk),
+            }
+        )
+    return {
+        "node": {
+            "id": node.pk,
+            "label": node.label,
+            "case": {"id": node.case_id, "accession_number": node.case.accession_number},
+            "queue_url": queue_page_url(node.case_id) + f"#node-{node.pk}",
+        },
+        "slide": slide.pk,
+        "rule": {
+            "required": services.lab_settings(node.case.lab_id).require_region_views,
+            "min_zoom": services.VIEWED_MIN_ZOOM,
+            "min_inside": services.VIEWED_MIN_INSIDE,
+            "dwell_ms": VIEWED_DWELL_MS,
+        },
+        "regions": rows,
+        "label_classes": [{"key": c.key, "name": c.name} for c in services.hard_negative_classes()],
+        "corrections": [_correction_json(c) for c in corrections],
+        "urls": {
+            "viewed_regions": reverse("review-node-viewed-regions", args=[node.pk]),
+            "corrections": reverse("review-node-corrections", args=[node.pk]),
+        },
+    }
+
+
+#: How long (ms) the view must rest with a region in it before the review viewer reports it.
+VIEWED_DWELL_MS = 600
+
+
+@login_required
+def review_viewer_page(request: HttpRequest, pk: int, slide_pk: int) -> HttpResponse:
+    """The slide viewer for reviewing a node: the heat map on, opened at `?x=&y=&zoom=`, with a
+    bar that reports each region at or above the threshold once it has been on screen, and saves
+    a region as "not tumour" (a hard-negative annotation) with one click or `n`."""
+    node = get_object_or_404(nodes_for(request.user).select_related("case__lab"), pk=pk)
+    slide = get_object_or_404(node.slides.all(), pk=slide_pk)
+    data = review_viewer_json(node, slide, request.user)
+    return render(
+        request,
+        "review/viewer.html",
+        {"slide": slide, "node": node, "review": data, "regions": data["regions"]},
     )
 
 

@@ -102,13 +102,15 @@ def test_queue_api_gives_score_screening_thumbnail_viewer_and_decider(people, sc
     )
     assert first["status"] == "confirmed_positive"
     assert first["decision"]["user"] == "path"
-    # Opening the node opens the viewer at its highest-scoring region, with the heat map on.
+    # Opening the node opens the review viewer at its highest-scoring region, with the heat map
+    # that holds it overlaid.
     url = urlparse(first["viewer_url"])
-    assert url.path == f"/slides/{first['slide']['id']}/view/"
+    assert url.path == f"/review/nodes/{node_b.pk}/slides/{first['slide']['id']}/view/"
     query = parse_qs(url.query)
-    assert query["x"] == ["1200"] and query["y"] == ["900"] and query["heatmap"] == ["1"]
+    assert query["x"] == ["1200"] and query["y"] == ["900"]
+    assert query["heatmap"] == [str(first["regions"][0]["heatmap"])]
     # zoom is screen px per level-0 px: 20x on a slide of 0.5 um/px (20x at level 0) is 1.
-    assert query["zoom"] == ["1.0"] and query["node"] == [str(node_b.pk)]
+    assert query["zoom"] == ["1.0"] and query["region"] == [first["regions"][0]["key"]]
     # Node B has two regions at or above the threshold (one per slide's heat map); one viewed.
     assert [r["required"] for r in first["regions"]] == [True, True]
     assert [r["viewed"] for r in first["regions"]] == [True, False]
@@ -153,7 +155,12 @@ def test_node_without_slides_is_listed_without_thumbnail(people, version):
     assert [r["required"] for r in node["regions"]] == [True]
     make_slide(case.nodes.get(), "late")
     node = client.get(f"/api/review/cases/{case.pk}/queue/").json()["nodes"][0]
-    assert node["viewer_url"].startswith(f"/slides/{node['slide']['id']}/view/?heatmap=1")
+    node_id = case.nodes.get().pk
+    # The region is the node's slide as a whole: the viewer opens on it, nowhere in particular.
+    assert node["viewer_url"] == (
+        f"/review/nodes/{node_id}/slides/{node['slide']['id']}/view/"
+        f"?region={node['regions'][0]['key']}"
+    )
 
 
 @pytest.mark.parametrize(

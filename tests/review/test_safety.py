@@ -32,7 +32,7 @@ def test_negative_refused_until_each_region_is_viewed(people, scored):
     assert "2 of 2 not viewed" in body["detail"]
     assert [r["key"] for r in body["regions"]] == [r["key"] for r in regions]
     assert body["regions"][0]["viewer_url"].startswith(
-        f"/slides/{regions[0]['slide']}/view/?x=1200&y=900"
+        f"/review/nodes/{node.pk}/slides/{regions[0]['slide']}/view/?x=1200&y=900"
     )
 
     assert (
