@@ -36,9 +36,11 @@ The classifier is ``forward_features`` -> global average pool -> linear layer. D
    10) :meth:`Classifier.dense_logits` uses shift-and-stitch: for each residue ``r`` of the wanted
    offsets modulo S it runs the tile shifted by ``r`` (``S / gcd(S, stride)`` runs per axis), which
    is exact but costs that many runs squared; hence :data:`DENSE_MOBILENET` uses S = 2.
-4. **The global average pool over a window's footprint** is ``avg_pool2d`` over the dense feature
-   map with kernel (fh, fw), sampled every ``stride / S`` positions; the linear layer is then
-   applied per position (an einsum with ``fc.weight``). Softmax gives the probability.
+4. **The global average pool over a window's footprint, then the linear layer**: as both are
+   linear they commute, so the linear layer is applied first at every position of the dense
+   feature map (a 1x1 convolution with ``fc.weight``, 2 outputs) and the result averaged with
+   ``avg_pool2d``, kernel (fh, fw), sampled every ``stride / S`` positions (2 channels to average
+   instead of the head's 128). Softmax gives the probability.
 5. **Tiles and halo.** A tile holds T x T windows (T = 24 on CPU, 64 on CUDA): its input is
    ``(T - 1) * stride + window`` px, i.e. the windows' cells plus a halo of ``window - stride`` px
    shared with the neighbouring tile, so every window lies entirely inside one tile and is
@@ -113,6 +115,12 @@ DENSE_MOBILENET: dict[str, Any] = {
     "inverted_residual_setting": [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 2, 2]],
     "last_channels": 128,
 }
+
+#: "auto" cascade: the secondary runs densely over a whole tile (instead of on its called windows
+#: one by one) when more than this share of the tile's windows are to be checked. Classifying a
+#: window on its own costs about 4-6x its share of a dense run (benchmarks/scoring.py, like for
+#: like), so the dense run only pays from about a quarter of the tile on.
+AUTO_DENSE_SHARE = 0.25
 
 Progress = Callable[[int, int], None]
 Reader = Callable[[int, int, int, int], np.ndarray]
@@ -392,16 +400,18 @@ class Classifier:
     # -- computing --
 
     def _prepare(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """(N, H, W, 3) uint8 -> normalised float (N, 3, H, W) on the device."""
+        """(N, H, W, 3) uint8 -> normalised float (N, 3, H, W) on the device, channels-last (the
+        permuted HWC pixels already are: no copy), in one pass: x * (1 / (255 std)) - mean / std."""
         import torch
 
         x = torch.as_tensor(pixels)
         if x.ndim == 3:
             x = x[None]
-        x = x.to(self.device or "cpu", non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        x = (x - mean) / std
+        x = x.to(self.device or "cpu", non_blocking=True).permute(0, 3, 1, 2)
+        std = torch.tensor(self.std, dtype=torch.float64)
+        scale = (1.0 / (255.0 * std)).to(x.device, torch.float32).view(1, -1, 1, 1)
+        shift = (-torch.tensor(self.mean, dtype=torch.float64) / std).to(x.device, torch.float32)
+        x = torch.addcmul(shift.view(1, -1, 1, 1), x.float(), scale)
         # channels-last on CPU too: oneDNN's depthwise and 1x1 convolutions run ~2x faster on it
         return x.contiguous(memory_format=torch.channels_last)
 
@@ -445,6 +455,7 @@ class Classifier:
         step_k = lcm // stride  # wanted windows of one residue are step_k windows apart
         step_f = lcm // s  # ... and step_f feature positions apart
         out = x.new_empty((x.shape[0], model.num_classes, rows, cols), dtype=torch.float32)
+        fc_weight = model.fc.weight[:, :, None, None]
         # residue r of the wanted offset stride*k modulo S -> the first k with that residue
         first: dict[int, int] = {}
         for k in range(min(step_k, max(rows, cols))):
@@ -457,10 +468,13 @@ class Classifier:
                     continue
                 feats = model.forward_features(x[..., ry:, rx:])
                 iy, ix = (stride * ky - ry) // s, (stride * kx - rx) // s
-                pooled = F.avg_pool2d(
-                    feats[..., iy:, ix:], kernel_size=(fh, fw), stride=(step_f, step_f)
-                ).float()
-                logits = torch.einsum("nchw,kc->nkhw", pooled, model.fc.weight.float())
+                # the linear layer first, at every feature position (a 1x1 convolution), then the
+                # average over each window's footprint: the same numbers (averaging and a linear
+                # map commute), but 2 channels to pool instead of the head's 128 or more
+                per_position = F.conv2d(feats[..., iy:, ix:], fc_weight.to(feats.dtype))
+                logits = F.avg_pool2d(
+                    per_position.float(), kernel_size=(fh, fw), stride=(step_f, step_f)
+                )
                 logits = logits + model.fc.bias.float().view(1, -1, 1, 1)
                 ny, nx = len(range(ky, rows, step_k)), len(range(kx, cols, step_k))
                 out[:, :, ky::step_k, kx::step_k] = logits[:, :, :ny, :nx]
@@ -668,27 +682,43 @@ def _classify_batch(
     g = geometry
     secondary_windows = 0
     probs = primary.dense_probabilities(pixels, window=g.window, stride=g.stride)
+    gathered: list[tuple[int, int, int, np.ndarray, np.ndarray]] = []
     for b, (r0, r1, c0, c1) in enumerate(batch):
         p = probs[b, : r1 - r0, : c1 - c0]
         inside = tissue_windows[r0:r1, c0:c1]
         out_primary[r0:r1, c0:c1] = np.where(inside, p, np.nan)
         called = inside & (p >= primary.decision_threshold)
-        if secondary is not None and called.any():
-            ii, jj = np.nonzero(called)
-            use_dense = secondary_mode == "dense" or (
-                dense_secondary and secondary_mode == "auto" and called.mean() > 1 / 16
-            )
-            if use_dense:
-                sp = secondary.dense_probabilities(
-                    pixels[b : b + 1], window=g.window, stride=g.stride
-                )[0, ii, jj]
-            else:
-                views = windows_of(pixels[b], window=g.window, stride=g.stride)
-                sp = secondary.window_probabilities(np.ascontiguousarray(views[ii, jj]))
-            secondary_windows += len(ii)
-            out_secondary[r0 + ii, c0 + jj] = sp
-            called[ii, jj] = sp >= secondary.decision_threshold
         out_decisions[r0:r1, c0:c1] = called
+        if secondary is None or not called.any():
+            continue
+        ii, jj = np.nonzero(called)
+        secondary_windows += len(ii)
+        use_dense = secondary_mode == "dense" or (
+            dense_secondary and secondary_mode == "auto" and called.mean() > AUTO_DENSE_SHARE
+        )
+        if use_dense:
+            sp = secondary.dense_probabilities(pixels[b : b + 1], window=g.window, stride=g.stride)[
+                0, ii, jj
+            ]
+            out_secondary[r0 + ii, c0 + jj] = sp
+            out_decisions[r0 + ii, c0 + jj] = sp >= secondary.decision_threshold
+        else:
+            gathered.append((b, r0, c0, ii, jj))
+    if gathered and secondary is not None:
+        # the windows of every tile of the batch that the secondary checks one by one: one call
+        crops = np.concatenate(
+            [
+                windows_of(pixels[b], window=g.window, stride=g.stride)[ii, jj]
+                for b, _, _, ii, jj in gathered
+            ]
+        )
+        sp_all = secondary.window_probabilities(crops)
+        at = 0
+        for _, r0, c0, ii, jj in gathered:
+            sp = sp_all[at : at + len(ii)]
+            at += len(ii)
+            out_secondary[r0 + ii, c0 + jj] = sp
+            out_decisions[r0 + ii, c0 + jj] = sp >= secondary.decision_threshold
     return secondary_windows
 
 
@@ -713,7 +743,8 @@ def scan(
 
     ``secondary_mode``: "gather" classifies exactly the primary's tumour windows, one by one in a
     batch; "dense" runs the secondary densely over tiles holding any of them (needs valid padding);
-    "auto" picks dense when over 1/16 of a tile's windows are to be checked and the model allows."""
+    "auto" picks dense when over :data:`AUTO_DENSE_SHARE` of a tile's windows are to be checked
+    and the model allows."""
     started = time.perf_counter()
     primary.check_dense(geometry)
     if secondary is not None:
