@@ -110,7 +110,9 @@ def load_dataset(source: dict[str, Any]) -> LoadedDataset:
             size=source.get("size"),
             cache=True,
         )
-        files = [root / f for f in getattr(dataset, "files", [])] or [p for p in root.rglob("*") if p.is_file()]
+        files = [root / f for f in getattr(dataset, "files", [])] or [
+            p for p in root.rglob("*") if p.is_file()
+        ]
         content_hash = _hash_files([Path(f) for f in files], root)
     elif kind == "arrays":
         path = Path(source.get("path", ""))
@@ -126,23 +128,35 @@ def load_dataset(source: dict[str, Any]) -> LoadedDataset:
             train_set, val_set, content_hash, summary = open_snapshot(int(source["id"]))
         except DatasetError as exc:
             raise TrainingRequestError(str(exc)) from exc
-        return LoadedDataset(train=train_set, val=val_set, content_hash=content_hash, summary=summary)
+        return LoadedDataset(
+            train=train_set, val=val_set, content_hash=content_hash, summary=summary
+        )
     else:
         raise TrainingRequestError(
             f"unknown dataset kind {kind!r} (use image-folder, arrays, snapshot or hard-negatives)"
         )
     groups = getattr(dataset, "groups", None)
-    split = split_indices(labels=dataset.labels, groups=groups, val_fraction=val_fraction, seed=seed)
+    split = split_indices(
+        labels=dataset.labels, groups=groups, val_fraction=val_fraction, seed=seed
+    )
     train_set, val_set = split.subsets(dataset)
     import numpy as np
 
-    counts = {name: int((np.asarray(dataset.labels) == i).sum()) for i, name in enumerate(dataset.classes)}
+    counts = {
+        name: int((np.asarray(dataset.labels) == i).sum()) for i, name in enumerate(dataset.classes)
+    }
     return LoadedDataset(
         train=train_set,
         val=val_set,
         content_hash=content_hash,
-        summary={"kind": kind, "classes": list(dataset.classes), "counts": counts,
-                 "train": len(train_set), "val": len(val_set), "split": split.note},
+        summary={
+            "kind": kind,
+            "classes": list(dataset.classes),
+            "counts": counts,
+            "train": len(train_set),
+            "val": len(val_set),
+            "split": split.note,
+        },
     )
 
 
@@ -155,13 +169,21 @@ def _explicit_split(dataset, path: Path, *, kind: str, content_hash: str) -> Loa
 
     in_val = np.load(path / "val.npy").astype(bool).reshape(-1)
     if in_val.size != len(dataset):
-        raise TrainingRequestError(f"{path}/val.npy has {in_val.size} entries for {len(dataset)} patches")
+        raise TrainingRequestError(
+            f"{path}/val.npy has {in_val.size} entries for {len(dataset)} patches"
+        )
     train_set = PatchSubset(dataset, np.flatnonzero(~in_val))
     val_set = PatchSubset(dataset, np.flatnonzero(in_val))
     labels = np.asarray(dataset.labels)
     counts = {name: int((labels == i).sum()) for i, name in enumerate(dataset.classes)}
-    summary = {"kind": kind, "classes": list(dataset.classes), "counts": counts,
-               "train": len(train_set), "val": len(val_set), "split": f"given by {path.name}/val.npy"}
+    summary = {
+        "kind": kind,
+        "classes": list(dataset.classes),
+        "counts": counts,
+        "train": len(train_set),
+        "val": len(val_set),
+        "split": f"given by {path.name}/val.npy",
+    }
     mined = path / "summary.json"
     if mined.is_file():
         import json
@@ -189,7 +211,9 @@ def _check_recipe_bounds(recipe: TrainingRecipe) -> None:
     for name, (low, high) in RECIPE_BOUNDS.items():
         value = getattr(recipe, name)
         if not low <= value <= high:
-            raise TrainingRequestError(f"{name}={value} is outside the sensible range [{low}, {high}]")
+            raise TrainingRequestError(
+                f"{name}={value} is outside the sensible range [{low}, {high}]"
+            )
 
 
 def check_dataset(source: dict[str, Any]) -> dict[str, int]:
@@ -223,7 +247,9 @@ def check_dataset(source: dict[str, Any]) -> dict[str, int]:
                 + (f": {snapshot.status_reason}" if snapshot.status_reason else "")
             )
         split = snapshot.split or {}
-        counts = dict((split.get("train") or {}).get("training_counts") or {}) or dict(snapshot.class_counts)
+        counts = dict((split.get("train") or {}).get("training_counts") or {}) or dict(
+            snapshot.class_counts
+        )
     elif kind in ("image-folder", "arrays"):
         path = Path(str(source.get("path", "")))
         if not path.exists():
@@ -231,12 +257,17 @@ def check_dataset(source: dict[str, Any]) -> dict[str, int]:
         if kind == "arrays":
             _images, labels, _groups, names = read_patch_arrays(path)
             values, n = np.unique(labels, return_counts=True)
-            counts = {(names[int(v)] if names else str(int(v))): int(c) for v, c in zip(values, n, strict=True)}
+            counts = {
+                (names[int(v)] if names else str(int(v))): int(c)
+                for v, c in zip(values, n, strict=True)
+            }
         else:
             from .datasets import ImageFolderPatchDataset
 
             try:
-                dataset = ImageFolderPatchDataset(path, csv_path=source.get("csv"), classes=source.get("classes"))
+                dataset = ImageFolderPatchDataset(
+                    path, csv_path=source.get("csv"), classes=source.get("classes")
+                )
             except ValueError as exc:
                 raise TrainingRequestError(str(exc)) from exc
             labels = np.asarray(dataset.labels)
@@ -249,19 +280,28 @@ def check_dataset(source: dict[str, Any]) -> dict[str, int]:
     if not present:
         raise TrainingRequestError("the dataset is empty")
     if len(present) < 2:
-        raise TrainingRequestError(f"the dataset has one class only ({next(iter(present))}); training needs two")
+        raise TrainingRequestError(
+            f"the dataset has one class only ({next(iter(present))}); training needs two"
+        )
     if min(present.values()) < 2:
         raise TrainingRequestError(f"each class needs at least two patches; counts are {present}")
     return counts
 
 
 def launch_training(
-    *, dataset_source: dict[str, Any], architecture: str = "mobilenetv2", stage: str = Stage.PRIMARY,
-    recipe: dict[str, Any] | None = None, user=None, enqueue: bool = True,
+    *,
+    dataset_source: dict[str, Any],
+    architecture: str = "mobilenetv2",
+    stage: str = Stage.PRIMARY,
+    recipe: dict[str, Any] | None = None,
+    user=None,
+    enqueue: bool = True,
 ) -> TrainingRun:
     """Check a request and queue a TrainingRun on the `gpu` queue (after the transaction commits)."""
     if architecture not in ARCHITECTURES:
-        raise TrainingRequestError(f"unknown architecture {architecture!r}; choose one of {list(ARCHITECTURES)}")
+        raise TrainingRequestError(
+            f"unknown architecture {architecture!r}; choose one of {list(ARCHITECTURES)}"
+        )
     if stage not in Stage.values:
         raise TrainingRequestError(f"unknown stage {stage!r}; choose one of {Stage.values}")
     try:
@@ -277,9 +317,14 @@ def launch_training(
     with transaction.atomic():
         run = TrainingRun.objects.create(
             created_by=user if user is not None and user.is_authenticated else None,
-            dataset_source=dataset_source, architecture=architecture, stage=stage, recipe=recipe or {},
+            dataset_source=dataset_source,
+            architecture=architecture,
+            stage=stage,
+            recipe=recipe or {},
         )
-        record(actor=user, action="training launched", obj=run, architecture=architecture, stage=stage)
+        record(
+            actor=user, action="training launched", obj=run, architecture=architecture, stage=stage
+        )
         if enqueue:
             transaction.on_commit(lambda: _queue_training_run(run))
     return run
@@ -338,10 +383,15 @@ def execute_training_run(*, run_id: int, worker: str = "local", device: str | No
         last_write[0] = now
         TrainingRun.objects.filter(pk=run.pk).update(
             progress={
-                "epoch": event.epoch, "max_epochs": event.max_epochs, "step": event.step,
-                "steps_per_epoch": event.steps_per_epoch, "loss": round(event.loss, 5),
-                "val_auc": event.val_auc, "val_accuracy": event.val_accuracy,
-                "fraction": round(event.fraction_done, 4), "elapsed_s": round(event.elapsed_s, 1),
+                "epoch": event.epoch,
+                "max_epochs": event.max_epochs,
+                "step": event.step,
+                "steps_per_epoch": event.steps_per_epoch,
+                "loss": round(event.loss, 5),
+                "val_auc": event.val_auc,
+                "val_accuracy": event.val_accuracy,
+                "fraction": round(event.fraction_done, 4),
+                "elapsed_s": round(event.elapsed_s, 1),
                 "eta_s": None if event.eta_s is None else round(event.eta_s, 1),
                 "best_epoch": event.best_epoch,
             },
@@ -357,8 +407,14 @@ def execute_training_run(*, run_id: int, worker: str = "local", device: str | No
 
     try:
         result = train(
-            model_name=run.architecture, train_set=dataset.train, val_set=dataset.val, recipe=recipe,
-            progress=on_progress, should_cancel=should_cancel, checkpoint_dir=run_dir(run), resume=True,
+            model_name=run.architecture,
+            train_set=dataset.train,
+            val_set=dataset.val,
+            recipe=recipe,
+            progress=on_progress,
+            should_cancel=should_cancel,
+            checkpoint_dir=run_dir(run),
+            resume=True,
             device=device,
         )
     except TrainingCancelled as exc:
@@ -409,18 +465,41 @@ def _register_model_version(run: TrainingRun, result, dataset: LoadedDataset) ->
     metrics = result.metrics()
     with transaction.atomic():
         version = ModelVersion.objects.create(
-            training_run=run, name=name, architecture=run.architecture, stage=run.stage,
-            weights_path=str(target), weights_sha256=hashlib.sha256(target.read_bytes()).hexdigest(),
-            dataset_hash=dataset.content_hash, dataset_summary=dataset.summary,
-            hyperparameters=metrics["recipe"], code_version=code_version(), classes=metrics["classes"],
-            val_accuracy=float(result.accuracy), val_auc=float(result.auc), roc=metrics["roc"] or {},
-            curves=metrics["curves"], device=result.device, training_seconds=float(result.seconds),
+            training_run=run,
+            name=name,
+            architecture=run.architecture,
+            stage=run.stage,
+            weights_path=str(target),
+            weights_sha256=hashlib.sha256(target.read_bytes()).hexdigest(),
+            dataset_hash=dataset.content_hash,
+            dataset_summary=dataset.summary,
+            hyperparameters={
+                **metrics["recipe"],
+                **(
+                    {"pretrained_report": metrics["pretrained"]}
+                    if metrics.get("pretrained")
+                    else {}
+                ),
+            },
+            code_version=code_version(),
+            classes=metrics["classes"],
+            val_accuracy=float(result.accuracy),
+            val_auc=float(result.auc),
+            roc=metrics["roc"] or {},
+            curves=metrics["curves"],
+            device=result.device,
+            training_seconds=float(result.seconds),
         )
         TrainingRun.objects.filter(pk=run.pk).update(
-            status=TrainingRun.Status.SUCCEEDED, finished_at=timezone.now(),
+            status=TrainingRun.Status.SUCCEEDED,
+            finished_at=timezone.now(),
             status_reason=(
                 f"best epoch {result.best_epoch} of {result.epochs_run}; validation AUC {result.auc:.4f}"
-                + (f"; resumed from epoch {result.resumed_from_epoch}" if result.resumed_from_epoch else "")
+                + (
+                    f"; resumed from epoch {result.resumed_from_epoch}"
+                    if result.resumed_from_epoch
+                    else ""
+                )
             ),
         )
     return version
@@ -431,12 +510,17 @@ def code_version() -> str:
     root = Path(settings.BASE_DIR)
     try:
         commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
         if commit:
             dirty = subprocess.run(
                 ["git", "-C", str(root), "status", "--porcelain", "--", "inference"],
-                capture_output=True, text=True, timeout=5,
+                capture_output=True,
+                text=True,
+                timeout=5,
             ).stdout.strip()
             return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -461,7 +545,9 @@ def promote(*, version: ModelVersion, user=None, rescore: bool = True) -> ModelV
             pk=version.pk
         ).update(is_live=False)
         ModelVersion.objects.filter(pk=version.pk).update(
-            is_live=True, promoted_at=timezone.now(), promoted_by=user if user is not None and user.is_authenticated else None
+            is_live=True,
+            promoted_at=timezone.now(),
+            promoted_by=user if user is not None and user.is_authenticated else None,
         )
         record(actor=user, action="model promoted", obj=version, stage=version.stage)
         if rescore:

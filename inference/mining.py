@@ -443,12 +443,15 @@ def launch_secondary_training(
     seed: int = 0,
     architecture: str | None = None,
     recipe: dict[str, Any] | None = None,
+    from_primary: bool = True,
     user=None,
     enqueue: bool = True,
 ):
     """Queue the chain for ``primary``: mine hard negatives on the negative nodes, balance them
     with the primary's tumour patches, train the secondary. The secondary defaults to the
-    primary's architecture and recipe (so it scans densely like the primary). Refusals are
+    primary's architecture and recipe (so it scans densely like the primary) and, unless
+    ``from_primary=False`` or the recipe names another network (``model_kwargs``), starts from
+    the primary's weights. Refusals are
     :class:`inference.jobs.TrainingRequestError` with the reason, before anything is queued."""
     from .jobs import launch_training
 
@@ -464,6 +467,10 @@ def launch_secondary_training(
     if tumour_source is not None:  # default: the dataset the primary was trained on
         source["tumour_source"] = tumour_source
     merged = {**(primary.training_run.recipe or {}), **(recipe or {})}
+    if from_primary and not {"pretrained_weights", "model_kwargs"} & set(recipe or {}):
+        # start from the primary's weights: the secondary only has to learn what separates the
+        # primary's false positives from tumour (the seed started from ImageNet weights instead)
+        merged["pretrained_weights"] = primary.weights_path
     return launch_training(
         dataset_source=source,
         architecture=architecture or primary.architecture,

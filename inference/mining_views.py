@@ -29,6 +29,9 @@ class TrainSecondarySerializer(serializers.Serializer):
     )
     seed = serializers.IntegerField(min_value=0, max_value=2**31 - 1, default=0)
     recipe = serializers.JSONField(required=False, default=dict)
+    from_primary = serializers.BooleanField(
+        default=True, help_text="Start the secondary from the primary's weights"
+    )
 
     def validate_recipe(self, value):
         if not isinstance(value, dict):

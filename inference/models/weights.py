@@ -86,7 +86,8 @@ def load_torchvision_state_dict(
     *,
     strict: bool = False,
 ) -> LoadReport:
-    """Load torchvision-named weights from a local file (or a mapping) into ``model`` in place.
+    """Load torchvision-named weights from a local file (or a mapping) into ``model`` in place;
+    a NodeScope weights file (our own key names) loads too, e.g. to fine-tune a trained model.
 
     Names are mapped with ``model.torchvision_key_map()``; tensors whose shape differs are left at
     their initial values and reported (the classifier quietly, as expected; anything else as a
@@ -99,7 +100,8 @@ def load_torchvision_state_dict(
     report = LoadReport()
     new_values: dict[str, torch.Tensor] = {}
     for tv_key, tensor in state.items():
-        ours = tv_to_ours.get(tv_key)
+        # torchvision's names, or already ours (a NodeScope weights file: fine-tuning a model)
+        ours = tv_to_ours.get(tv_key) or (tv_key if tv_key in own else None)
         if ours is None:
             report.unexpected.append(tv_key)
             continue

@@ -208,20 +208,13 @@ def test_a_primary_without_false_positives_ends_the_run_failed_with_the_reason(
 
 
 def test_one_action_mines_and_trains_a_secondary(negative_case, tumour_arrays, primary, settings):
+    # as a real primary run records it: the network the weights are for
+    primary.training_run.recipe = {"model_kwargs": TINY}
+    primary.training_run.save()
     run = launch_secondary_training(
         primary=primary,
         tumour_source={"kind": "arrays", "path": str(tumour_arrays[0])},
-        recipe={
-            "max_epochs": 1,
-            "batch_size": 16,
-            "model_kwargs": {
-                "padding": "valid",
-                "output_stride": 2,
-                "inverted_residual_setting": [[1, 16, 1, 1], [6, 24, 2, 2]],
-                "last_channels": 32,
-                "width_mult": 0.25,
-            },
-        },
+        recipe={"max_epochs": 1, "batch_size": 16},
         enqueue=False,
     )
     assert run.stage == Stage.SECONDARY and run.dataset_source["kind"] == "hard-negatives"
@@ -237,6 +230,10 @@ def test_one_action_mines_and_trains_a_secondary(negative_case, tumour_arrays, p
     )
     folder = Path(settings.RESULTS_DIR) / "training" / f"run-{run.pk}" / "hard-negatives"
     assert json.loads((folder / "summary.json").read_text()) == mining
+    # it started from the primary's weights (every tensor loaded, our own key names)
+    assert run.recipe["pretrained_weights"] == primary.weights_path
+    report = version.hyperparameters["pretrained_report"]
+    assert report["loaded"] and not report["missing"] and not report["shape_mismatch"]
     # the secondary is dense-scannable like the primary, so the cascade can run it densely
     Classifier.from_version(version).check_dense(ScanGeometry())
 
