@@ -3,18 +3,27 @@
 A file is registered only when it opens with an accepted whole-slide source, its pyramid is
 readable at both ends (lowest and highest resolution), and its checksum is new. Anything else
 raises `SlideImportError` naming the file and the reason, and nothing is written.
+
+Before any pixel is decoded, `check_declared_size` reads only the file's headers and refuses
+decompression bombs: archives and plain images posing as slides, images declaring more pixels than
+Pillow's `Image.MAX_IMAGE_PIXELS`, and TIFF pyramids whose declared sizes are absurd (a side beyond
+`MAX_SLIDE_SIDE_PX`, an untiled page or a tile beyond Pillow's limit, or a lowest resolution so
+large that a thumbnail would have to decode more than that limit).
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import tifffile
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from PIL import Image
 
 from .models import Case, Lab, Node, Slide
 from .sources import SLIDE_SUFFIXES, open_source, resolve_slide_file, vendor_of
@@ -61,6 +70,152 @@ def file_checksum(path: Path, *, chunk: int = 8 * 1024 * 1024) -> tuple[str, int
     return digest.hexdigest(), size
 
 
+# ---- decompression bombs -------------------------------------------------------------------------
+
+# The largest slide side accepted (level 0). Whole-slide scans are up to about 200,000 px a side.
+DEFAULT_MAX_SLIDE_SIDE_PX = 400_000
+# More images than this in one TIFF is no slide (a pyramid has tens at most).
+MAX_TIFF_PAGES = 512
+
+MAGIC = (
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"PK\x05\x06", "a ZIP archive"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"Rar!", "a RAR archive"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"BM", "a BMP image"),
+)
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def pillow_pixel_limit() -> int:
+    """Pillow's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`; its default when unset)."""
+    return int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+
+
+def max_slide_side() -> int:
+    return int(getattr(settings, "MAX_SLIDE_SIDE_PX", DEFAULT_MAX_SLIDE_SIDE_PX))
+
+
+def _px(width: int, height: int) -> str:
+    return f"{width:,} × {height:,} px"
+
+
+def check_declared_size(path: Path) -> None:
+    """Refuse, from headers alone, files whose declared pixels would be a decompression bomb.
+
+    Nothing here decodes pixels: Pillow reads only a plain image's header, tifffile only a TIFF's
+    directories (tile offsets are not even loaded).
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    for magic, kind in MAGIC:
+        if head.startswith(magic):
+            _refuse_not_a_slide(path, kind)
+    if head[:4] in TIFF_MAGIC:
+        _check_tiff(path)
+
+
+def _refuse_not_a_slide(path: Path, kind: str) -> None:
+    if "archive" in kind:
+        raise SlideImportError(
+            path,
+            f"is {kind}, not a slide: archives are not unpacked; upload each slide file on its own",
+        )
+    limit = pillow_pixel_limit()
+    try:
+        with warnings.catch_warnings():  # between 1x and 2x the limit Pillow only warns
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:  # reads the header only
+                width, height = img.size
+    except Image.DecompressionBombError as exc:
+        raise SlideImportError(path, f"decompression bomb refused: {exc}") from exc
+    except Exception:  # noqa: BLE001 - a broken header is refused below all the same
+        width = height = 0
+    if width * height > limit:
+        raise SlideImportError(
+            path,
+            f"decompression bomb refused: {kind} declaring {_px(width, height)} "
+            f"({width * height:,} pixels), more than the limit of {limit:,} (Pillow's MAX_IMAGE_PIXELS)",
+        )
+    raise SlideImportError(
+        path, f"is {kind}, not a whole-slide image (no pyramid, no physical scale)"
+    )
+
+
+def _check_tiff(path: Path) -> None:
+    limit, side = pillow_pixel_limit(), max_slide_side()
+    try:
+        tif = tifffile.TiffFile(path, _multifile=False)
+    except Exception:  # noqa: BLE001 - large-image reports unreadable files with its own reason
+        return
+    with tif:
+        ndpi = (
+            tif.is_ndpi
+        )  # NDPI stores level 0 as one restartable JPEG strip; OpenSlide reads it in parts
+        tiled_sizes: list[tuple[int, int]] = []
+        for index, page in enumerate(tif.pages):
+            if index >= MAX_TIFF_PAGES:
+                raise SlideImportError(
+                    path, f"holds more than {MAX_TIFF_PAGES} images; no slide has that many"
+                )
+            size = _check_tiff_page(
+                path, page, f"image {index + 1} of the file", limit=limit, side=side, ndpi=ndpi
+            )
+            if size:
+                tiled_sizes.append(size)
+        try:  # pyramid levels kept in SubIFDs (OME-TIFF) are levels of a series, not pages
+            levels = [level.keyframe for series in tif.series for level in series.levels]
+        except Exception:  # noqa: BLE001
+            levels = []
+        for level in levels:
+            size = _check_tiff_page(
+                path, level, "a pyramid level", limit=limit, side=side, ndpi=ndpi
+            )
+            if size:
+                tiled_sizes.append(size)
+        if tiled_sizes and not ndpi:
+            width, height = min(tiled_sizes, key=lambda wh: wh[0] * wh[1])
+            if width * height > limit:
+                raise SlideImportError(
+                    path,
+                    f"absurd pyramid refused: its lowest resolution is {_px(width, height)}; "
+                    f"a thumbnail would decode {width * height:,} pixels, more than the limit of "
+                    f"{limit:,} (Pillow's MAX_IMAGE_PIXELS). Write the slide with a full pyramid",
+                )
+
+
+def _check_tiff_page(
+    path: Path, page, where: str, *, limit: int, side: int, ndpi: bool
+) -> tuple[int, int] | None:
+    """Refuse one TIFF image whose declared size is a bomb; its size if it is tiled."""
+    width, height = int(page.imagewidth), int(page.imagelength)
+    if width > side or height > side:
+        raise SlideImportError(
+            path,
+            f"declared size refused: {where} claims {_px(width, height)}; "
+            f"the largest slide accepted is {side:,} px a side",
+        )
+    if page.is_tiled:
+        if int(page.tilewidth) * int(page.tilelength) > limit:
+            raise SlideImportError(
+                path,
+                f"decompression bomb refused: {where} has tiles of {_px(page.tilewidth, page.tilelength)}, "
+                f"more than the limit of {limit:,} pixels (Pillow's MAX_IMAGE_PIXELS)",
+            )
+        return width, height
+    if width * height > limit and not ndpi:
+        raise SlideImportError(
+            path,
+            f"decompression bomb refused: {where} is {_px(width, height)} in one piece (not tiled): "
+            f"{width * height:,} pixels, more than the limit of {limit:,} (Pillow's MAX_IMAGE_PIXELS)",
+        )
+    return None
+
+
 def inspect_slide_file(path: Path) -> SlideFileInfo:
     """Open a slide with large-image and read its metadata, checking that pixels decode."""
     path = Path(path)
@@ -68,23 +223,34 @@ def inspect_slide_file(path: Path) -> SlideFileInfo:
         raise SlideImportError(path, "file not found")
     if path.is_file() and path.suffix.lower() not in SLIDE_SUFFIXES:
         raise SlideImportError(
-            path, f"unsupported file type {path.suffix or '(none)'!r}; expected one of {sorted(SLIDE_SUFFIXES)}"
+            path,
+            f"unsupported file type {path.suffix or '(none)'!r}; expected one of {sorted(SLIDE_SUFFIXES)}",
         )
     if path.is_file() and path.stat().st_size == 0:
         raise SlideImportError(path, "file is empty")
     try:
-        resolve_slide_file(path)
+        target = resolve_slide_file(path)
     except FileNotFoundError as exc:
         raise SlideImportError(path, str(exc)) from exc
+    check_declared_size(target)
     try:
         source = open_source(path)
     except Exception as exc:  # noqa: BLE001 - large-image and its libraries raise many types
         raise SlideImportError(path, f"not a readable whole-slide image ({_short(exc)})") from exc
     meta = source.getMetadata()
+    side = max_slide_side()
+    if int(meta["sizeX"]) > side or int(meta["sizeY"]) > side:
+        raise SlideImportError(
+            path,
+            f"declared size refused: {_px(int(meta['sizeX']), int(meta['sizeY']))}; "
+            f"the largest slide accepted is {side:,} px a side",
+        )
     try:
         _check_pixels(source, meta)
     except Exception as exc:  # noqa: BLE001
-        raise SlideImportError(path, f"slide is truncated or corrupt: pixels cannot be decoded ({_short(exc)})") from exc
+        raise SlideImportError(
+            path, f"slide is truncated or corrupt: pixels cannot be decoded ({_short(exc)})"
+        ) from exc
     mm_x, mm_y = meta.get("mm_x"), meta.get("mm_y")
     try:
         associated = list(source.getAssociatedImagesList())
@@ -163,7 +329,10 @@ def register_slide(
 
 
 def _check_import_root(path: Path) -> None:
-    roots = [Path(settings.SLIDE_STORAGE_DIR).resolve(), *(Path(r).resolve() for r in settings.SLIDE_IMPORT_ROOTS)]
+    roots = [
+        Path(settings.SLIDE_STORAGE_DIR).resolve(),
+        *(Path(r).resolve() for r in settings.SLIDE_IMPORT_ROOTS),
+    ]
     if settings.SLIDE_IMPORT_ROOTS and not any(path.is_relative_to(r) for r in roots):
         raise SlideImportError(path, "outside the folders slides may be imported from")
 
@@ -203,7 +372,9 @@ def read_manifest(manifest: Path) -> list[dict[str, str]]:
         missing = [c for c in MANIFEST_COLUMNS if c not in header]
         if missing:
             raise SlideImportError(manifest, f"manifest lacks column(s) {', '.join(missing)}")
-        return [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+        return [
+            {k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader
+        ]
 
 
 def import_manifest(
@@ -228,7 +399,14 @@ def import_manifest(
         file_field = row.get("file", "")
         try:
             report.imported.append(
-                _import_row(row, base=base, lab=lab, create_missing=create_missing, user=user, synthetic=synthetic)
+                _import_row(
+                    row,
+                    base=base,
+                    lab=lab,
+                    create_missing=create_missing,
+                    user=user,
+                    synthetic=synthetic,
+                )
             )
         except SlideImportError as exc:
             report.failed.append((i, file_field, exc.reason))
@@ -237,7 +415,9 @@ def import_manifest(
     return report
 
 
-def _import_row(row: dict[str, str], *, base: Path, lab: Lab | None, create_missing: bool, user, synthetic: bool) -> Slide:
+def _import_row(
+    row: dict[str, str], *, base: Path, lab: Lab | None, create_missing: bool, user, synthetic: bool
+) -> Slide:
     file_field = row.get("file", "")
     if not file_field or not row.get("case") or not row.get("node"):
         raise SlideImportError(file_field or "(no file)", "row needs case, node and file")
@@ -247,7 +427,9 @@ def _import_row(row: dict[str, str], *, base: Path, lab: Lab | None, create_miss
         raise SlideImportError(file_field, "relative path leaves the manifest's folder")
     status_word = row.get("status", "").lower()
     if status_word not in GROUND_TRUTH_WORDS:
-        raise SlideImportError(file_field, f"unknown status {row.get('status')!r} (use positive, negative or unknown)")
+        raise SlideImportError(
+            file_field, f"unknown status {row.get('status')!r} (use positive, negative or unknown)"
+        )
     truth = GROUND_TRUTH_WORDS[status_word]
     with transaction.atomic():
         node = _find_node(row, lab=lab, create_missing=create_missing, file_field=file_field)
@@ -257,13 +439,17 @@ def _import_row(row: dict[str, str], *, base: Path, lab: Lab | None, create_miss
         return register_slide(node=node, path=path, user=user, synthetic=synthetic)
 
 
-def _find_node(row: dict[str, str], *, lab: Lab | None, create_missing: bool, file_field: str) -> Node:
+def _find_node(
+    row: dict[str, str], *, lab: Lab | None, create_missing: bool, file_field: str
+) -> Node:
     accession, label = row["case"], row["node"]
     case = Case.objects.filter(accession_number=accession).first()
     if case is None:
         if not create_missing or lab is None:
             raise SlideImportError(file_field, f"unknown case {accession!r}")
-        case = Case.objects.create(lab=lab, accession_number=accession, patient_pseudonym=row.get("patient", ""))
+        case = Case.objects.create(
+            lab=lab, accession_number=accession, patient_pseudonym=row.get("patient", "")
+        )
     elif lab is not None and case.lab_id != lab.pk:
         raise SlideImportError(file_field, f"case {accession!r} belongs to another lab")
     node = Node.objects.filter(case=case, label=label).first()
@@ -274,7 +460,9 @@ def _find_node(row: dict[str, str], *, lab: Lab | None, create_missing: bool, fi
     return node
 
 
-def import_files(*, node: Node, paths: Iterable[Path], user=None, progress: Progress | None = None) -> ImportReport:
+def import_files(
+    *, node: Node, paths: Iterable[Path], user=None, progress: Progress | None = None
+) -> ImportReport:
     """Register several files as slides of one node, reporting failures per file."""
     paths = list(paths)
     report = ImportReport()
