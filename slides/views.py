@@ -23,7 +23,7 @@ from django.utils.cache import patch_cache_control
 from django.views.decorators.http import require_GET
 from rest_framework import mixins, status, viewsets
 from rest_framework.exceptions import PermissionDenied, ValidationError
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.parsers import FormParser
 from rest_framework.response import Response
 
 from . import tiles
@@ -33,22 +33,27 @@ from .ingest import SlideImportError, register_slide
 from .models import Role, Slide
 from .serializers import CaseSerializer, NodeSerializer, SlideSerializer, SlideUploadSerializer
 from .sources import SLIDE_SUFFIXES
+from .uploads import ARCHIVE_SUFFIXES, SafeMultiPartParser
 
 # ---- pages ------------------------------------------------------------------------------------
 
 
 @login_required
 def case_list(request: HttpRequest) -> HttpResponse:
-    cases = cases_for(request.user).select_related("lab").annotate(node_count=Count("nodes", distinct=True))
+    cases = (
+        cases_for(request.user)
+        .select_related("lab")
+        .annotate(node_count=Count("nodes", distinct=True))
+    )
     return render(request, "slides/case_list.html", {"cases": cases})
 
 
 @login_required
 def case_detail(request: HttpRequest, pk: int) -> HttpResponse:
     case = get_object_or_404(
-        cases_for(request.user).select_related("lab").prefetch_related(
-            Prefetch("nodes__slides", queryset=Slide.objects.order_by("name"))
-        ),
+        cases_for(request.user)
+        .select_related("lab")
+        .prefetch_related(Prefetch("nodes__slides", queryset=Slide.objects.order_by("name"))),
         pk=pk,
     )
     return render(request, "slides/case_detail.html", {"case": case})
@@ -66,7 +71,16 @@ def health(_request: HttpRequest) -> JsonResponse:
 
 # ---- tiles ------------------------------------------------------------------------------------
 
-TILE_FIELDS = ("id", "checksum", "file_path", "width", "height", "levels", "tile_width", "tile_height")
+TILE_FIELDS = (
+    "id",
+    "checksum",
+    "file_path",
+    "width",
+    "height",
+    "levels",
+    "tile_width",
+    "tile_height",
+)
 
 
 def _credential(request: HttpRequest) -> str | None:
@@ -86,7 +100,11 @@ def _visible_slide(request: HttpRequest, pk: int) -> Slide | HttpResponse:
     """
     credential = _credential(request)
     cache = caches["default"]
-    cache_key = f"tileperm:{hashlib.sha256(f'{credential}:{pk}'.encode()).hexdigest()}" if credential else None
+    cache_key = (
+        f"tileperm:{hashlib.sha256(f'{credential}:{pk}'.encode()).hexdigest()}"
+        if credential
+        else None
+    )
     if cache_key:
         fields = cache.get(cache_key)
         if fields is not None:
@@ -134,7 +152,9 @@ def slide_tilesource(request: HttpRequest, pk: int) -> HttpResponse:
     slide = slides_for(user).filter(pk=pk).first()
     if slide is None:
         raise Http404("No such slide")
-    tile_url = reverse("slide-tile", args=[slide.pk, 0, 0, 0]).replace("/0/0/0.jpg", "/{z}/{x}/{y}.jpg")
+    tile_url = reverse("slide-tile", args=[slide.pk, 0, 0, 0]).replace(
+        "/0/0/0.jpg", "/{z}/{x}/{y}.jpg"
+    )
     return JsonResponse(
         {
             "id": slide.pk,
@@ -163,7 +183,9 @@ def slide_thumbnail(request: HttpRequest, pk: int) -> HttpResponse:
     etag = f'"{slide.checksum[:20]}-thumb-{size}"'
     if etag in request.headers.get("If-None-Match", ""):
         return _private_cache(HttpResponse(status=304), etag)
-    return _private_cache(HttpResponse(tiles.get_thumbnail(slide, max_size=size), content_type="image/jpeg"), etag)
+    return _private_cache(
+        HttpResponse(tiles.get_thumbnail(slide, max_size=size), content_type="image/jpeg"), etag
+    )
 
 
 @require_GET
@@ -173,7 +195,9 @@ def slide_associated_image(request: HttpRequest, pk: int, name: str) -> HttpResp
     if user is None:
         return JsonResponse({"detail": "Authentication credentials were not provided."}, status=403)
     if not has_role(user, Role.ADMIN):
-        return JsonResponse({"detail": "Label and macro images are shown to admins only."}, status=403)
+        return JsonResponse(
+            {"detail": "Label and macro images are shown to admins only."}, status=403
+        )
     slide = slides_for(user).filter(pk=pk).first()
     if slide is None:
         raise Http404("No such slide")
@@ -213,11 +237,28 @@ class NodeViewSet(viewsets.ReadOnlyModelViewSet):
         return qs
 
 
+# Room for the multipart envelope (boundaries, the node and name fields) around the file itself.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+def _too_large(size: int) -> Response:
+    return Response(
+        {"file": [f"upload is {size} bytes; the limit is {settings.MAX_UPLOAD_BYTES} bytes"]},
+        status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    )
+
+
 class SlideViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
-    """Slides the user may see; POST (multipart: node, file[, name]) uploads and registers one."""
+    """Slides the user may see; POST (multipart: node, file[, name]) uploads and registers one.
+
+    Uploads are refused (4xx, nothing stored) when the request is larger than MAX_UPLOAD_BYTES
+    (413, judged from Content-Length before the body is read), when the file name has a directory
+    part, when the type is not a slide (archives included: nothing is unpacked), and when the file
+    is a decompression bomb or otherwise unreadable (`slides.ingest`).
+    """
 
     serializer_class = SlideSerializer
-    parser_classes = [MultiPartParser, FormParser]
+    parser_classes = [SafeMultiPartParser, FormParser]
 
     def get_queryset(self):
         return slides_for(self.request.user).select_related("node").order_by("id")
@@ -228,6 +269,12 @@ class SlideViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     def create(self, request, *args, **kwargs):
         if not has_role(request.user, Role.PATHOLOGIST, Role.LAB_LEAD, Role.ADMIN):
             raise PermissionDenied("Only pathologists, lab leads and admins upload slides.")
+        try:
+            declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            declared = 0
+        if declared > settings.MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD_BYTES:
+            return _too_large(declared)
         upload = SlideUploadSerializer(data=request.data)
         upload.is_valid(raise_exception=True)
         node = nodes_for(request.user).filter(pk=upload.validated_data["node"]).first()
@@ -237,15 +284,24 @@ class SlideViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         name = Path(file.name or "").name  # never trust a client's directory part
         if not name or name in {".", ".."} or name != file.name.replace("\\", "/").split("/")[-1]:
             raise ValidationError({"file": [f"file name {file.name!r} is not a plain file name"]})
+        if Path(name).suffix.lower() in ARCHIVE_SUFFIXES:
+            raise ValidationError(
+                {
+                    "file": [
+                        f"{name}: archives are not accepted (nothing is unpacked on the server); upload each slide file on its own"
+                    ]
+                }
+            )
         if Path(name).suffix.lower() not in SLIDE_SUFFIXES:
             raise ValidationError(
-                {"file": [f"unsupported file type {Path(name).suffix or '(none)'!r}; expected one of {sorted(SLIDE_SUFFIXES)}"]}
+                {
+                    "file": [
+                        f"unsupported file type {Path(name).suffix or '(none)'!r}; expected one of {sorted(SLIDE_SUFFIXES)}"
+                    ]
+                }
             )
         if file.size > settings.MAX_UPLOAD_BYTES:
-            return Response(
-                {"file": [f"file is {file.size} bytes; the limit is {settings.MAX_UPLOAD_BYTES} bytes"]},
-                status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-            )
+            return _too_large(file.size)
         folder = Path(settings.SLIDE_STORAGE_DIR) / "uploads" / uuid.uuid4().hex
         folder.mkdir(parents=True)
         target = folder / name
@@ -254,7 +310,10 @@ class SlideViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
                 for chunk in file.chunks():
                     out.write(chunk)
             slide = register_slide(
-                node=node, path=target, name=upload.validated_data.get("name") or name, user=request.user
+                node=node,
+                path=target,
+                name=upload.validated_data.get("name") or name,
+                user=request.user,
             )
         except SlideImportError as exc:
             shutil.rmtree(folder, ignore_errors=True)
@@ -262,4 +321,7 @@ class SlideViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return Response(SlideSerializer(slide, context={"request": request}).data, status=status.HTTP_201_CREATED)
+        return Response(
+            SlideSerializer(slide, context={"request": request}).data,
+            status=status.HTTP_201_CREATED,
+        )
