@@ -279,6 +279,7 @@ MATRIX: tuple[Entry, ...] = (
     Entry("/models/{version}/", (get(USER),)),
     Entry("/scoring-runs/{scoring_run}/changes/", (get(USER),)),
     Entry("/review/cases/{case}/", (get(PATHOLOGIST, lab=True),)),
+    Entry("/review/nodes/{node}/slides/{slide}/view/", (get(PATHOLOGIST, lab=True),)),
     Entry("/review/triage/", (get(LAB_LEAD),)),
     Entry("/review/metrics/", (get(LAB_LEAD, query="bootstrap=0"),)),
     # API: cases, nodes, slides, tiles
