@@ -269,3 +269,12 @@ def test_manage_py_train_secondary_from_refuses_with_the_reason(negative_case, p
         call_command("train", "--secondary-from", str(primary.pk), "--negative-slides", str(pos))
     with pytest.raises(CommandError, match="no model version 999999"):
         call_command("train", "--secondary-from", "999999")
+
+
+def test_the_model_page_offers_the_chain_to_admins_only(client, people, primary):
+    client.force_login(people.admin)
+    page = client.get(f"/models/{primary.pk}/").content.decode()
+    assert f"/api/model-versions/{primary.pk}/train-secondary/" in page
+    client.force_login(people.pathologist)
+    page = client.get(f"/models/{primary.pk}/").content.decode()
+    assert "train-secondary" not in page
