@@ -30,6 +30,7 @@ import math
 import os
 import random
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -338,6 +339,11 @@ def main() -> None:
     parser.add_argument(
         "--polygons", type=int, default=None, help="annotations (5000; 1000 with --quick)"
     )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the temporary folder (database, slide, server log)",
+    )
     args = parser.parse_args()
     viewers = args.viewers or (6 if args.quick else 16)
     seconds = args.seconds or (3.0 if args.quick else 30.0)
@@ -365,6 +371,8 @@ def main() -> None:
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:
             server.kill()
+        if not args.keep:
+            shutil.rmtree(var, ignore_errors=True)
     ratios = {
         kind: round(crowd["kinds"][kind]["p95_ms"] / single["kinds"][kind]["p95_ms"], 2)
         for kind in crowd["kinds"]
