@@ -704,7 +704,10 @@ def _api_gets() -> list[str]:
         {
             template
             for template, _who, call in _cells()
-            if call.method == "GET" and template.startswith("/api/") and template != "/api/schema/"
+            if call.method == "GET"
+            and template.startswith("/api/")
+            and template != "/api/schema/"
+            and ".json" not in template  # the same answers as without the suffix
         }
     )
 
