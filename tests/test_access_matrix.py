@@ -759,3 +759,14 @@ def test_admins_do_see_file_paths_so_the_leak_walk_can_fail(world, db):
     body = world.client("admin").get(f"/api/slides/{world.ids['slide']}/").json()
     assert PATIENT_MARK in body["file_path"] and body["associated_images"] == ["label"]
     assert leaks(body, world, "pathologist")
+
+
+def test_static_files_are_public(world):
+    """The third public thing besides log-in and health: the built bundle (served by WhiteNoise,
+    outside the URL resolver). Skips only when the bundle has not been built."""
+    built = sorted((Path(settings.BASE_DIR) / "frontend" / "static").rglob("*.css"))
+    if not built:
+        pytest.skip("frontend bundle not built (cd frontend && npm run build)")
+    name = built[0].relative_to(Path(settings.BASE_DIR) / "frontend" / "static").as_posix()
+    response = Client().get(f"{settings.STATIC_URL}{name}")
+    assert response.status_code == 200
