@@ -116,11 +116,12 @@ DENSE_MOBILENET: dict[str, Any] = {
     "last_channels": 128,
 }
 
-#: "auto" cascade: the secondary runs densely over a whole tile (instead of on its called windows
-#: one by one) when more than this share of the tile's windows are to be checked. Classifying a
-#: window on its own costs about 4-6x its share of a dense run (benchmarks/scoring.py, like for
-#: like), so the dense run only pays from about a quarter of the tile on.
-AUTO_DENSE_SHARE = 0.25
+#: "auto" cascade: what classifying one window on its own costs, in windows of a dense run
+#: (stride cells). The secondary runs densely over the box holding a tile's called windows (its
+#: cells plus the halo) when that costs less than checking them one by one. Measured like for like
+#: about 4-6 (benchmarks/scoring.py; the multiply-accumulates differ 6.1x for DENSE_MOBILENET):
+#: 4 leans towards the one-by-one path, which never computes a window that is not asked for.
+WINDOW_COST_IN_DENSE_WINDOWS = 4.0
 
 Progress = Callable[[int, int], None]
 Reader = Callable[[int, int, int, int], np.ndarray]
@@ -693,12 +694,25 @@ def _classify_batch(
             continue
         ii, jj = np.nonzero(called)
         secondary_windows += len(ii)
+        if secondary_mode == "dense":  # over the whole tile
+            y0, y1, x0, x1 = 0, r1 - r0, 0, c1 - c0
+        else:  # the box of the called windows
+            y0, y1, x0, x1 = ii.min(), ii.max() + 1, jj.min(), jj.max() + 1
+        box_cost = (y1 - y0 + g.n - 1) * (x1 - x0 + g.n - 1)  # its stride cells, halo included
         use_dense = secondary_mode == "dense" or (
-            dense_secondary and secondary_mode == "auto" and called.mean() > AUTO_DENSE_SHARE
+            dense_secondary
+            and secondary_mode == "auto"
+            and box_cost < WINDOW_COST_IN_DENSE_WINDOWS * len(ii)
         )
         if use_dense:
-            sp = secondary.dense_probabilities(pixels[b : b + 1], window=g.window, stride=g.stride)[
-                0, ii, jj
+            # window offsets in the box stay multiples of the stride: exact as over the tile
+            box = pixels[
+                b : b + 1,
+                y0 * g.stride : (y1 - 1) * g.stride + g.window,
+                x0 * g.stride : (x1 - 1) * g.stride + g.window,
+            ]
+            sp = secondary.dense_probabilities(box, window=g.window, stride=g.stride)[
+                0, ii - y0, jj - x0
             ]
             out_secondary[r0 + ii, c0 + jj] = sp
             out_decisions[r0 + ii, c0 + jj] = sp >= secondary.decision_threshold
@@ -743,8 +757,8 @@ def scan(
 
     ``secondary_mode``: "gather" classifies exactly the primary's tumour windows, one by one in a
     batch; "dense" runs the secondary densely over tiles holding any of them (needs valid padding);
-    "auto" picks dense when over :data:`AUTO_DENSE_SHARE` of a tile's windows are to be checked
-    and the model allows."""
+    "auto" runs the secondary densely over the box of a tile's called windows when that costs less
+    than checking them one by one (:data:`WINDOW_COST_IN_DENSE_WINDOWS`) and the model allows."""
     started = time.perf_counter()
     primary.check_dense(geometry)
     if secondary is not None:

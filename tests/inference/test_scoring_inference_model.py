@@ -71,3 +71,29 @@ def test_a_failing_tile_read_in_the_reader_thread_stops_the_scan_with_its_reason
     )
     assert result.tiles_scanned == whole.tiles_scanned == 16
     assert np.array_equal(result.primary, whole.primary)
+
+
+def test_auto_cascade_runs_the_secondary_densely_over_boxes_with_the_same_result():
+    primary = Classifier(model=random_dense_model(seed=8)).to("cpu")
+    secondary = Classifier(model=random_dense_model(seed=9)).to("cpu")
+    image = np.random.default_rng(10).integers(0, 256, (330, 330, 3), dtype=np.uint8)
+    image[100:220, 60:200] //= 3  # a darker patch: the primary's calls cluster on one side
+    probs = scan_image(image, primary=primary).primary
+    primary.decision_threshold = float(np.quantile(probs, 0.85))
+    calls = []
+    original = secondary.dense_probabilities
+
+    def counting(tiles, **kw):
+        calls.append(tiles.shape)
+        return original(tiles, **kw)
+
+    secondary.dense_probabilities = counting
+    one_by_one = scan_image(image, primary=primary, secondary=secondary, secondary_mode="gather")
+    assert calls == []
+    auto = scan_image(image, primary=primary, secondary=secondary, tile_windows=12)
+    assert calls, "no box was dense enough for a dense secondary run"
+    checked = ~np.isnan(one_by_one.secondary)
+    assert checked.sum() == auto.secondary_windows == one_by_one.secondary_windows > 0
+    assert np.array_equal(checked, ~np.isnan(auto.secondary))
+    assert np.abs(auto.secondary[checked] - one_by_one.secondary[checked]).max() <= 1e-4
+    assert np.array_equal(auto.decisions, one_by_one.decisions)
