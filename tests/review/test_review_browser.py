@@ -1,9 +1,13 @@
 """A full keyboard review of a generated case in Debian's Chromium (Playwright, live_server).
 
 The lab lead logs in, opens the case queue, checks the nodes are in score order, and reviews with
-the keyboard only: n on a positive-screened node is refused until its region is opened (Enter
-opens the viewer at the highest-scoring region and records it), p confirms positive, r opens the
-next high-scoring region, n confirms negative; then signs the case off. The database is checked.
+the keyboard only. Node 2 has two regions at or above the threshold on one slide: n is refused;
+Enter opens the review viewer at the highest-scoring region, and the viewer itself reports that
+region once it is on screen (the queue's count follows); n is still refused until the reviewer
+has panned to the second region, which does not count while the view is zoomed out too far.
+In the viewer, n saves the region in view as "not tumour" under the class picked in the bar: a
+hard-negative annotation, visible through the API. Node 3's region is shown by r, node 1 is
+negative-screened; the case is signed off. The database is checked.
 
 Needs /usr/bin/chromium and a built bundle (`cd frontend && npm install && npm run build`).
 """
@@ -35,16 +39,35 @@ def page(browser):
 
 @pytest.fixture
 def review_case(transactional_db, people, tmp_path):
-    """A generated case: three nodes with real (tiny, generated) slides, scored by a live model.
+    """A generated case: three nodes with real (small, generated) slides, scored by a live model.
 
-    Scores: node 2 0.92 (heat map maximum at 400, 300), node 3 0.61 (maximum at 600, 200),
-    node 1 0.35 (negative-screened), threshold 0.5.
+    Scores, threshold 0.5: node 2 0.92 at (2600, 1700) of its 3000 x 2000 slide, whose heat map
+    has a second maximum of 0.8 at (400, 300), two regions at or above the threshold that no
+    view at a legible zoom holds together; node 3 0.61 (maximum at 600, 200); node 1 0.35
+    (negative-screened). The other slides are 800 x 600.
     """
+    import importlib
+
+    from annotations.models import LabelClass
     from slides.ingest import register_slide
     from tests.factories import gradient_image, make_case, write_pyramid_tiff
 
     from .factories import make_heatmap, make_model_version, score_node
 
+    # The seeded label classes (an earlier transactional test's flush removes what the data
+    # migration wrote); the "not tumour" picker lists the hard-negative ones.
+    seed = importlib.import_module("annotations.migrations.0002_seed_label_classes")
+    for key, name, colour, kind, shortcut, order in seed.LABEL_CLASSES:
+        LabelClass.objects.update_or_create(
+            key=key,
+            defaults={
+                "name": name,
+                "colour": colour,
+                "kind": kind,
+                "shortcut": shortcut,
+                "order": order,
+            },
+        )
     case = make_case(
         people.lab,
         "S26-BROWSER",
@@ -54,17 +77,34 @@ def review_case(transactional_db, people, tmp_path):
     nodes = {n.label: n for n in case.nodes.all()}
     slides = {}
     for i, (label, node) in enumerate(sorted(nodes.items())):
+        size = (3000, 2000) if label == "level III, node 2" else (800, 600)
         path = write_pyramid_tiff(
-            tmp_path / f"slide-{i}.tiff", gradient_image(800, 600, seed=i), mpp=0.5
+            tmp_path / f"slide-{i}.tiff", gradient_image(*size, seed=i), mpp=0.5
         )
         slides[label] = register_slide(
             node=node, path=path, user=people.pathologist, synthetic=True
         )
-    heatmap = make_heatmap(slides["level III, node 2"], version, max_score=0.92, x=400, y=300)
-    score_node(nodes["level III, node 2"], version, 0.92, heatmap=heatmap)
+    heatmap = make_heatmap(slides["level III, node 2"], version, max_score=0.8, x=400, y=300)
+    write_overlay(heatmap, tmp_path / "heatmap.npz", width=3000, height=2000)
+    score_node(nodes["level III, node 2"], version, 0.92, x=2600, y=1700)
     score_node(nodes["level IV, node 3"], version, 0.61, x=600, y=200)
     score_node(nodes["level II, node 1"], version, 0.35, x=100, y=100)
     return case, nodes
+
+
+def write_overlay(heatmap, path, *, width: int, height: int) -> None:
+    """A real raster for `heatmap` (stride 40 px): its maximum, 13/16, around (400, 300)."""
+    import numpy as np
+
+    from inference.heatmaps import write_raster
+    from inference.records import HeatMap
+
+    rows, cols = height // 40, width // 40
+    counts = np.zeros((rows, cols), dtype=np.uint8)
+    counts[6:9, 9:12] = 8
+    counts[7, 10] = 13
+    write_raster(path, counts=counts, denominator=16, stride_px=40.0, window_px=160.0)
+    HeatMap.objects.filter(pk=heatmap.pk).update(raster_path=str(path), rows=rows, cols=cols)
 
 
 def log_in(page, live_server, user):
@@ -88,20 +128,58 @@ def wait_status(page, node, text: str) -> None:
     )
 
 
-def press_opening_viewer(page, key: str, live_server):
-    """Press `key`, which opens the viewer in its named window; close that window again."""
+def press_opening_viewer(page, key: str):
+    """Press `key`, which opens the review viewer in its named window; return that page, ready."""
     with page.context.expect_page() as opened:
         page.keyboard.press(key)
     viewer = opened.value
-    viewer.wait_for_load_state("domcontentloaded")
-    url = viewer.url
-    viewer.close()
-    return url
+    viewer.set_default_timeout(30_000)
+    viewer.js_errors = []
+    viewer.on("pageerror", lambda exc: viewer.js_errors.append(str(exc)))
+    viewer.wait_for_selector('body[data-review-ready="1"]', state="attached")
+    viewer.wait_for_selector('body[data-viewer-ready="1"]', state="attached")
+    return viewer
+
+
+def wait_viewed(viewer, text: str) -> None:
+    viewer.wait_for_function(
+        "text => document.getElementById('review-viewed-count').textContent === text", arg=text
+    )
+
+
+def wait_queue_count(page, node, text: str) -> None:
+    page.wait_for_function(
+        "([id, text]) => document.querySelector(`#node-${id} .regions-viewed`).textContent === text",
+        arg=[node.pk, text],
+    )
+
+
+def show(viewer, x: float, y: float, zoom: float) -> None:
+    """Pan and zoom the viewer (as a drag and a scroll would) to level-0 (x, y) at `zoom`."""
+    viewer.evaluate(
+        """([x, y, zoom]) => {
+            const v = window.nodescopeViewer;
+            const item = v.world.getItemAt(0);
+            v.viewport.zoomTo(item.imageToViewportZoom(zoom), null, true);
+            v.viewport.panTo(item.imageToViewportCoordinates(x, y), true);
+        }""",
+        [x, y, zoom],
+    )
+
+
+def refused_negative(page) -> str:
+    page.evaluate("() => { document.getElementById('review-message').dataset.kind = ''; }")
+    page.keyboard.press("n")
+    page.wait_for_function(
+        "() => document.getElementById('review-message').dataset.kind === 'error'"
+    )
+    return page.locator("#review-message").inner_text()
 
 
 def test_full_keyboard_review_and_sign_off(live_server, page, people, review_case):
+    from annotations.models import Annotation
     from audit.models import AuditEvent
-    from review.models import CaseSignOff, ReviewDecision, ViewedRegion
+    from review.models import CaseSignOff, ReviewDecision, ReviewerCorrection, ViewedRegion
     from slides.models import Case
 
     case, nodes = review_case
@@ -119,29 +197,61 @@ def test_full_keyboard_review_and_sign_off(live_server, page, people, review_cas
     assert page.locator("tr.review-row.selected .node-label").inner_text() == "level III, node 2"
     thumbs = page.locator("tr.review-row img.thumb")
     assert thumbs.count() == 3
+    wait_queue_count(page, node2, "0/2")
 
-    # Node 2 (0.92): a negative confirmation is refused until its region is opened.
-    page.keyboard.press("n")
-    page.wait_for_function(
-        "() => document.getElementById('review-message').dataset.kind === 'error'"
-    )
-    assert "cannot be confirmed negative" in page.locator("#review-message").inner_text()
+    # Node 2 (0.92): a negative confirmation is refused until both regions have been viewed.
+    assert "cannot be confirmed negative" in refused_negative(page)
     assert status_of(page, node2) == "Unreviewed"
-    url = press_opening_viewer(page, "Enter", live_server)
-    assert f"/slides/{node2.slides.get().pk}/view/?x=400&y=300" in url and "heatmap=1" in url
-    page.wait_for_function(
-        f"() => document.querySelector('#node-{node2.pk} .regions-viewed').textContent === '1/1'"
+    viewer = press_opening_viewer(page, "Enter")
+    slide2 = node2.slides.get()
+    assert f"/review/nodes/{node2.pk}/slides/{slide2.pk}/view/?x=2600&y=1700&zoom=1.0" in (
+        viewer.url
     )
-    page.keyboard.press("p")
-    wait_status(page, node2, "Confirmed positive")
+    # The viewer reports the region it opened at once it is drawn; the queue hears of it.
+    wait_viewed(viewer, "1/2 viewed")
+    wait_queue_count(page, node2, "1/2")
+    assert "1 of 2 not viewed" in refused_negative(page)
+
+    # The second region, zoomed out to 0.1 screen px per slide px: on screen, but not legible.
+    show(viewer, 400, 300, 0.1)
+    viewer.wait_for_timeout(2000)
+    assert viewer.locator("#review-viewed-count").inner_text() == "1/2 viewed"
+    assert viewer.locator("#review-not-tumour").is_disabled()
+    # Panned to it at a legible zoom: reported by the viewer, and then n is allowed.
+    show(viewer, 420, 320, 0.6)
+    wait_viewed(viewer, "2/2 viewed")
+    wait_queue_count(page, node2, "2/2")
+
+    # "Not tumour" on the region in view: class picked in the bar, then n in the viewer.
+    assert viewer.locator("#review-not-tumour").is_enabled()
+    viewer.select_option("#review-correction-class", "sinus")
+    viewer.locator("#viewer .openseadragon-canvas").first.focus()
+    viewer.keyboard.press("n")
+    viewer.wait_for_selector("body[data-last-correction]", state="attached")
+    feedback = viewer.locator("#review-message")
+    assert "saved as not tumour (Sinus)" in feedback.inner_text()
+    assert feedback.get_attribute("data-kind") == "ok"
+    annotation_id = int(viewer.evaluate("() => document.body.dataset.lastCorrection"))
+    listed = viewer.request.get(f"{live_server.url}/api/nodes/{node2.pk}/corrections/").json()
+    assert [(c["annotation"], c["label_class"]) for c in listed["corrections"]] == [
+        (annotation_id, "sinus")
+    ]
+    if SCREENSHOT:
+        viewer.screenshot(path=SCREENSHOT.replace(".png", "-viewer.png"))
+    assert viewer.js_errors == []
+    viewer.close()
+
+    page.bring_to_front()
+    page.keyboard.press("n")
+    wait_status(page, node2, "Confirmed negative")
     assert page.locator("tr.review-row.selected .node-label").inner_text() == "level IV, node 3"
 
-    # Node 3 (0.61): r opens its high-scoring region; then n is allowed.
-    url = press_opening_viewer(page, "r", live_server)
-    assert "x=600&y=200" in url
-    page.wait_for_function(
-        f"() => document.querySelector('#node-{node3.pk} .regions-viewed').textContent === '1/1'"
-    )
+    # Node 3 (0.61): r opens its high-scoring region in the viewer, which reports it; then n.
+    viewer = press_opening_viewer(page, "r")
+    assert "x=600&y=200" in viewer.url
+    wait_viewed(viewer, "1/1 viewed")
+    wait_queue_count(page, node3, "1/1")
+    viewer.close()
     page.keyboard.press("n")
     wait_status(page, node3, "Confirmed negative")
 
@@ -168,16 +278,26 @@ def test_full_keyboard_review_and_sign_off(live_server, page, people, review_cas
     assert case.status == Case.Status.SIGNED_OFF
     decisions = {d.node_id: d for d in ReviewDecision.objects.all()}
     assert {n: d.status for n, d in decisions.items()} == {
-        node2.pk: "confirmed_positive",
+        node2.pk: "confirmed_negative",
         node3.pk: "confirmed_negative",
         node1.pk: "confirmed_negative",
     }
     assert all(d.user == people.lab_lead for d in decisions.values())
+    assert [r["viewed"] for r in decisions[node2.pk].regions] == [True, True]
     assert [r["viewed"] for r in decisions[node3.pk].regions] == [True]
     assert decisions[node1.pk].regions[0]["required"] is False
+    # Every region was reported by the viewer, with the view that showed it.
+    viewed = list(ViewedRegion.objects.filter(node=node2).order_by("id"))
+    assert len(viewed) == 2 and all(v.zoom >= 0.25 and len(v.viewport) == 4 for v in viewed)
     assert set(ViewedRegion.objects.values_list("node_id", flat=True)) == {node2.pk, node3.pk}
+    correction = ReviewerCorrection.objects.get()
+    assert correction.node == node2 and correction.annotation_id == annotation_id
+    annotation = Annotation.objects.get(pk=annotation_id)
+    assert annotation.label_class.key == "sinus" and annotation.label_class.kind == "hard-negative"
+    assert annotation.slide_id == node2.slides.get().pk
     assert CaseSignOff.objects.get().decisions == {str(k): d.pk for k, d in decisions.items()}
     assert AuditEvent.objects.filter(action="review decision").count() == 3
+    assert AuditEvent.objects.filter(action="reviewer correction").count() == 1
     assert AuditEvent.objects.filter(action="case signed off").count() == 1
 
 
