@@ -106,6 +106,13 @@ class TrainingRecipe:
     channels_last: bool = True  # CUDA only
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     pretrained_weights: str | None = None  # local file in torchvision naming
+    # Precise batch norm: while fewer than ``precise_bn_until_steps`` optimiser steps have run,
+    # batch-norm statistics are recomputed over up to ``precise_bn_batches`` training batches
+    # before each validation. A momentum of 0.1 needs ~50 steps to forget its initial (0, 1)
+    # statistics, so small datasets otherwise validate with statistics that fit no data at all
+    # (every window called one class); long runs never pay for it.
+    precise_bn_batches: int = 20
+    precise_bn_until_steps: int = 200
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_epochs < 1 or self.eval_batch_size < 1:
@@ -354,6 +361,31 @@ class _Evaluation:
     accuracy: float
     scores: np.ndarray
     labels: np.ndarray
+
+
+def _recalibrate_batch_norm(model: torch.nn.Module, batches, n_batches: int, *, prepare) -> int:
+    """Recompute every batch-norm layer's running statistics as the exact average over
+    ``n_batches`` of ``batches`` (forward only, train mode); returns the batches used."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms or n_batches < 1:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    model.train()
+    used = 0
+    try:
+        with torch.no_grad():
+            for x, _y in batches:
+                model(prepare(x))
+                used += 1
+                if used >= n_batches:
+                    break
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+    return used
 
 
 def _evaluate(
@@ -629,6 +661,24 @@ def train(
                 )
         batches.close()
         scheduler.step()
+        if recipe.precise_bn_batches and steps_done <= recipe.precise_bn_until_steps:
+            calibration = _batches(
+                train_set, order, recipe.batch_size, num_workers=0, pin_memory=False
+            )
+            _recalibrate_batch_norm(
+                model,
+                calibration,
+                min(recipe.precise_bn_batches, steps_per_epoch),
+                prepare=lambda x, g=generator: _prepare(
+                    x,
+                    device=dev,
+                    recipe=recipe,
+                    augmenter=augmenter,
+                    generator=g,
+                    channels_last=channels_last,
+                ),
+            )
+            calibration.close()
 
         t0 = time.perf_counter()
         ev = _evaluate(
