@@ -55,4 +55,7 @@ class TrainSecondaryView(APIView):
             )
         except TrainingRequestError as exc:
             raise ValidationError({"detail": str(exc)}) from exc
-        return Response(TrainingRunSerializer(run).data, status=status.HTTP_201_CREATED)
+        return Response(
+            TrainingRunSerializer(run, context={"request": request}).data,
+            status=status.HTTP_201_CREATED,
+        )

@@ -19,8 +19,20 @@ class TrainingRunSerializer(serializers.ModelSerializer):
     class Meta:
         model = TrainingRun
         fields = [
-            "id", "created_by", "created_at", "dataset_source", "architecture", "stage", "recipe", "status",
-            "status_reason", "progress", "cancel_requested", "attempts", "started_at", "finished_at",
+            "id",
+            "created_by",
+            "created_at",
+            "dataset_source",
+            "architecture",
+            "stage",
+            "recipe",
+            "status",
+            "status_reason",
+            "progress",
+            "cancel_requested",
+            "attempts",
+            "started_at",
+            "finished_at",
             "model_version",
         ]
         read_only_fields = fields
@@ -33,7 +45,9 @@ class TrainingRunSerializer(serializers.ModelSerializer):
             source = data.get("dataset_source")
             if isinstance(source, dict):
                 data["dataset_source"] = {k: v for k, v in source.items() if not _is_path_key(k)}
-            data["status_reason"] = ABSOLUTE_PATH.sub("<server path>", data.get("status_reason") or "")
+            data["status_reason"] = ABSOLUTE_PATH.sub(
+                "<server path>", data.get("status_reason") or ""
+            )
         return data
 
 
@@ -42,12 +56,30 @@ ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"]+/)*[^\s/'\":,;]+")
 
 
 def _is_path_key(key: str) -> bool:
-    return key in {"path", "csv", "root", "folder", "file"} or key.endswith(("_path", "_dir", "_file"))
+    return key in {"path", "csv", "root", "folder", "file"} or key.endswith(
+        ("_path", "_dir", "_file", "_weights")
+    )
+
+
+def without_server_paths(value):
+    """``value`` (JSON-like) with path-named keys dropped and absolute paths in strings masked:
+    what non-admins may see of a recipe, a dataset source or a failure reason."""
+    if isinstance(value, dict):
+        return {k: without_server_paths(v) for k, v in value.items() if not _is_path_key(str(k))}
+    if isinstance(value, list):
+        return [without_server_paths(v) for v in value]
+    if isinstance(value, str):
+        return ABSOLUTE_PATH.sub("<server path>", value)
+    return value
 
 
 class LaunchTrainingSerializer(serializers.Serializer):
-    dataset_source = serializers.JSONField(help_text='{"kind": "image-folder"|"arrays"|"snapshot", ...}')
-    architecture = serializers.ChoiceField(choices=["mobilenetv2", "resnet18"], default="mobilenetv2")
+    dataset_source = serializers.JSONField(
+        help_text='{"kind": "image-folder"|"arrays"|"snapshot", ...}'
+    )
+    architecture = serializers.ChoiceField(
+        choices=["mobilenetv2", "resnet18"], default="mobilenetv2"
+    )
     stage = serializers.ChoiceField(choices=Stage.choices, default=Stage.PRIMARY)
     recipe = serializers.JSONField(required=False, default=dict)
 
@@ -63,14 +95,41 @@ class LaunchTrainingSerializer(serializers.Serializer):
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):
+    def to_representation(self, instance: ModelVersion) -> dict:
+        """Server paths (e.g. the weights a secondary started from) are shown to admins only."""
+        data = super().to_representation(instance)
+        request = self.context.get("request")
+        if request is None or not has_role(request.user, Role.ADMIN):
+            for key in ("hyperparameters", "dataset_summary"):
+                data[key] = without_server_paths(data.get(key))
+        return data
+
     promoted_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
 
     class Meta:
         model = ModelVersion
         fields = [
-            "id", "name", "architecture", "stage", "training_run", "weights_sha256", "dataset_hash",
-            "dataset_summary", "hyperparameters", "code_version", "classes", "val_accuracy", "val_auc", "roc",
-            "curves", "device", "training_seconds", "is_live", "promoted_at", "promoted_by", "created_at",
+            "id",
+            "name",
+            "architecture",
+            "stage",
+            "training_run",
+            "weights_sha256",
+            "dataset_hash",
+            "dataset_summary",
+            "hyperparameters",
+            "code_version",
+            "classes",
+            "val_accuracy",
+            "val_auc",
+            "roc",
+            "curves",
+            "device",
+            "training_seconds",
+            "is_live",
+            "promoted_at",
+            "promoted_by",
+            "created_at",
         ]
         read_only_fields = fields
 

@@ -35,6 +35,7 @@ from .serializers import (
     ModelVersionSerializer,
     RollbackSerializer,
     TrainingRunSerializer,
+    without_server_paths,
 )
 
 
@@ -130,13 +131,18 @@ def _page_roles(request: HttpRequest) -> None:
 @login_required
 def models_page(request: HttpRequest) -> HttpResponse:
     _page_roles(request)
+    is_admin = has_role(request.user, Role.ADMIN)
+    runs = list(
+        TrainingRun.objects.select_related("created_by", "model_version").order_by("-id")[:50]
+    )
+    if not is_admin:  # failure reasons can name server paths: admins only (in memory, not saved)
+        for run in runs:
+            run.status_reason = without_server_paths(run.status_reason)
     return render(
         request,
         "inference/models.html",
         {
-            "runs": TrainingRun.objects.select_related("created_by", "model_version").order_by(
-                "-id"
-            )[:50],
+            "runs": runs,
             "versions": ModelVersion.objects.order_by("-id")[:50],
             "live": ModelVersion.objects.filter(is_live=True),
             "scoring_runs": ScoringRun.objects.select_related(
@@ -151,6 +157,12 @@ def models_page(request: HttpRequest) -> HttpResponse:
 def model_version_page(request: HttpRequest, pk: int) -> HttpResponse:
     _page_roles(request)
     version = get_object_or_404(ModelVersion.objects.select_related("training_run"), pk=pk)
+    if not has_role(request.user, Role.ADMIN):  # server paths: admins only (in memory, not saved)
+        version.hyperparameters = without_server_paths(version.hyperparameters)
+        version.dataset_summary = without_server_paths(version.dataset_summary)
+        version.training_run.status_reason = without_server_paths(
+            version.training_run.status_reason
+        )
     return render(
         request,
         "inference/model_version.html",

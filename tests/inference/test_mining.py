@@ -278,3 +278,19 @@ def test_the_model_page_offers_the_chain_to_admins_only(client, people, primary)
     client.force_login(people.pathologist)
     page = client.get(f"/models/{primary.pk}/").content.decode()
     assert "train-secondary" not in page
+
+
+def test_the_weights_a_secondary_started_from_are_shown_to_admins_only(client, people, primary):
+    primary.hyperparameters = {"pretrained_weights": "/srv/secret/primary.pt", "max_epochs": 3}
+    primary.save()
+    primary.training_run.status_reason = "could not read /srv/secret/patches.npy"
+    primary.training_run.save()
+    pages = [f"/api/model-versions/{primary.pk}/", f"/models/{primary.pk}/", "/models/"]
+    client.force_login(people.pathologist)
+    for url in pages:
+        body = client.get(url).content.decode()
+        assert "/srv/secret" not in body, url
+    assert client.get(pages[0]).json()["hyperparameters"] == {"max_epochs": 3}
+    client.force_login(people.admin)
+    assert "/srv/secret/primary.pt" in client.get(pages[0]).content.decode()
+    assert "/srv/secret/patches.npy" in client.get("/models/").content.decode()
