@@ -392,12 +392,18 @@ def finish_run_if_complete(run: ScoringRun) -> None:
 
 
 def recover_stale_slide_jobs() -> list[int]:
-    """Queue again every slide job left `running` by a worker that stopped sending heartbeats."""
+    """Queue again every slide job left `running` by a worker that stopped sending heartbeats,
+    and every job still `queued` long after its run began (its message may have died with a
+    broker that kept no copy). A second message is harmless: only one worker can claim a job."""
+    from django.db.models import Q
+
     from .tasks import score_slide
 
+    before = stale_before()
     stale = list(
         SlideScoring.objects.filter(
-            status=SlideScoring.Status.RUNNING, heartbeat_at__lt=stale_before()
+            Q(status=SlideScoring.Status.RUNNING, heartbeat_at__lt=before)
+            | Q(status=SlideScoring.Status.QUEUED, scoring_run__created_at__lt=before)
         ).values_list("pk", flat=True)
     )
     for pk in stale:

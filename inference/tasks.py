@@ -21,13 +21,22 @@ def run_training(self, run_id: int) -> str:
 
 
 def recover_stale_runs() -> list[int]:
-    """Queue again every run left `running` by a worker that stopped sending heartbeats."""
+    """Queue again every run left `running` by a worker that stopped sending heartbeats, and
+    every run still `queued` long after its launch (its message may have died with a broker that
+    kept no copy). A second message is harmless: only one worker can claim a run."""
+    from django.db.models import Q
+
+    before = TrainingRun.stale_before()
     stale = list(
-        TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING, heartbeat_at__lt=TrainingRun.stale_before())
-        .values_list("pk", flat=True)
+        TrainingRun.objects.filter(
+            Q(status=TrainingRun.Status.RUNNING, heartbeat_at__lt=before)
+            | Q(status=TrainingRun.Status.QUEUED, created_at__lt=before)
+        ).values_list("pk", flat=True)
     )
     for pk in stale:
-        log.warning("training run %s lost its worker; queueing it to resume from its checkpoint", pk)
+        log.warning(
+            "training run %s lost its worker; queueing it to resume from its checkpoint", pk
+        )
         run_training.apply_async(args=[pk], queue=settings.TRAINING_QUEUE)
     return stale
 
