@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from slides.models import Slide
@@ -197,6 +198,10 @@ def create_snapshot(
         max_per_class=max_per_class,
         balanced=balanced,
     )
+    if enqueue:
+        from config.queueing import check_queue_reachable
+
+        check_queue_reachable()  # broker down: QueueUnavailable (a 503) before any row is written
     try:
         with transaction.atomic():
             dataset = Dataset.objects.create(
@@ -209,13 +214,29 @@ def create_snapshot(
             dataset.slides.set([p.slide for p in per_slide])
             _write_folder(dataset, arrays)
             if enqueue:
-                from .tasks import extract_dataset
-
-                pk = dataset.pk
-                transaction.on_commit(lambda: extract_dataset.delay(pk))
+                transaction.on_commit(lambda: _queue_extraction(dataset))
     except IntegrityError as exc:  # the same name, created meanwhile
         raise DatasetError(f"a dataset named {name!r} already exists: {exc}") from exc
     return dataset
+
+
+def _queue_extraction(dataset: Dataset) -> None:
+    """Send the extraction task; if the broker fails now, the dataset is failed with the reason
+    (it would otherwise stay pending with no message behind it) and QueueUnavailable goes on."""
+    from config.queueing import QueueUnavailable, send
+
+    from .tasks import extract_dataset
+
+    try:
+        send(
+            extract_dataset,
+            [dataset.pk],
+            queue=settings.CELERY_TASK_DEFAULT_QUEUE,
+            what=f"dataset {dataset.pk} extraction",
+        )
+    except QueueUnavailable as exc:
+        dataset.finish(Dataset.Status.FAILED, reason=str(exc))
+        raise
 
 
 def _resolve_slides(slides: Iterable[Slide | int]) -> list[Slide]:

@@ -125,10 +125,12 @@ def test_snapshot_records_labels_split_by_case_and_queues_extraction(
     world, monkeypatch, django_capture_on_commit_callbacks
 ):
     queued = []
-    monkeypatch.setattr(extract_dataset, "delay", lambda pk: queued.append(pk))
+    monkeypatch.setattr(
+        extract_dataset, "apply_async", lambda args, queue: queued.append((args[0], queue))
+    )
     with django_capture_on_commit_callbacks(execute=True):
         ds = snapshot(world, enqueue=True)
-    assert queued == [ds.pk] and ds.status == Dataset.Status.PENDING
+    assert queued == [(ds.pk, "default")] and ds.status == Dataset.Status.PENDING
     assert (ds.patch_px, ds.target_mpp, ds.stride_px) == (40, 1.0, 40)
     assert len(ds.content_hash) == 64 and ds.created_by == world.people.pathologist
     assert set(ds.slides.values_list("pk", flat=True)) == set(world.ids("a", "b", "n"))
