@@ -116,12 +116,13 @@ DENSE_MOBILENET: dict[str, Any] = {
     "last_channels": 128,
 }
 
-#: "auto" cascade: what classifying one window on its own costs, in windows of a dense run
-#: (stride cells). The secondary runs densely over the box holding a tile's called windows (its
-#: cells plus the halo) when that costs less than checking them one by one. Measured like for like
-#: about 4-6 (benchmarks/scoring.py; the multiply-accumulates differ 6.1x for DENSE_MOBILENET):
-#: 4 leans towards the one-by-one path, which never computes a window that is not asked for.
-WINDOW_COST_IN_DENSE_WINDOWS = 4.0
+#: "auto" cascade: what checking one window on its own costs, in stride cells of a dense run, and
+#: what one dense call costs on top of its cells. The secondary runs densely over the box holding
+#: a tile's called windows (its cells plus the halo) when that costs less than checking them one
+#: by one. Measured for DENSE_MOBILENET on CPU (1 thread): ~60 µs a window one by one, ~9 µs a
+#: cell plus ~0.45 ms a call densely (the multiply-accumulates differ 6.1x).
+WINDOW_COST_IN_DENSE_CELLS = 6.0
+DENSE_CALL_COST_IN_CELLS = 50
 
 Progress = Callable[[int, int], None]
 Reader = Callable[[int, int, int, int], np.ndarray]
@@ -637,6 +638,13 @@ def max_cell(counts: np.ndarray) -> tuple[int, int]:
     return int(r), int(c)
 
 
+def tile_plan(device: Any) -> tuple[int, int]:
+    """(windows per tile side, tiles per batch) for ``device``. CPU: one tile of 24 x 24 windows
+    (270 px) at a time, whose feature maps stay in cache: ~1.2-1.3x faster than batches of 4 and
+    than 510 px tiles (benchmarks/scoring.py). GPU: big tiles and batches keep it busy."""
+    return (64, 8) if str(device).startswith("cuda") else (24, 1)
+
+
 def _tile_grid(n_rows: int, n_cols: int, per_tile: int) -> Iterator[tuple[int, int, int, int]]:
     for r0 in range(0, n_rows, per_tile):
         for c0 in range(0, n_cols, per_tile):
@@ -663,6 +671,46 @@ def _read_tiles(
     return out
 
 
+class _PendingWindows:
+    """Windows the secondary checks one by one, collected over tiles and classified in batches of
+    at least ``batch_size`` (a tile holds a few dozen: classified per tile, the calls are small)."""
+
+    def __init__(
+        self,
+        secondary: Classifier | None,
+        *,
+        out_secondary: np.ndarray,
+        out_decisions: np.ndarray,
+        batch_size: int = 256,
+    ) -> None:
+        self.secondary = secondary
+        self.out_secondary = out_secondary
+        self.out_decisions = out_decisions
+        self.batch_size = batch_size
+        self.crops: list[np.ndarray] = []
+        self.rows: list[np.ndarray] = []
+        self.cols: list[np.ndarray] = []
+        self.count = 0
+
+    def add(self, crops: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> None:
+        self.crops.append(np.ascontiguousarray(crops))  # a copy: the tile's pixels move on
+        self.rows.append(rows)
+        self.cols.append(cols)
+        self.count += len(rows)
+        if self.count >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.count or self.secondary is None:
+            return
+        # batches of 128 windows: faster per window than bigger ones (their maps stay in cache)
+        sp = self.secondary.window_probabilities(np.concatenate(self.crops), batch_size=128)
+        rows, cols = np.concatenate(self.rows), np.concatenate(self.cols)
+        self.out_secondary[rows, cols] = sp
+        self.out_decisions[rows, cols] = sp >= self.secondary.decision_threshold
+        self.crops, self.rows, self.cols, self.count = [], [], [], 0
+
+
 def _classify_batch(
     pixels: np.ndarray,
     batch: list[tuple[int, int, int, int]],
@@ -676,14 +724,15 @@ def _classify_batch(
     out_primary: np.ndarray,
     out_secondary: np.ndarray,
     out_decisions: np.ndarray,
+    pending: _PendingWindows,
 ) -> int:
     """The cascade over one batch of tiles: the dense primary, then the secondary where the
-    primary says tumour; writes the window maps in place, returns how many windows the secondary
-    classified."""
+    primary says tumour (densely over a box, or the windows handed to ``pending`` to be checked
+    one by one in big batches); writes the window maps in place, returns how many windows the
+    secondary checks."""
     g = geometry
     secondary_windows = 0
     probs = primary.dense_probabilities(pixels, window=g.window, stride=g.stride)
-    gathered: list[tuple[int, int, int, np.ndarray, np.ndarray]] = []
     for b, (r0, r1, c0, c1) in enumerate(batch):
         p = probs[b, : r1 - r0, : c1 - c0]
         inside = tissue_windows[r0:r1, c0:c1]
@@ -698,11 +747,11 @@ def _classify_batch(
             y0, y1, x0, x1 = 0, r1 - r0, 0, c1 - c0
         else:  # the box of the called windows
             y0, y1, x0, x1 = ii.min(), ii.max() + 1, jj.min(), jj.max() + 1
-        box_cost = (y1 - y0 + g.n - 1) * (x1 - x0 + g.n - 1)  # its stride cells, halo included
+        box_cells = (y1 - y0 + g.n - 1) * (x1 - x0 + g.n - 1)  # halo included
         use_dense = secondary_mode == "dense" or (
             dense_secondary
             and secondary_mode == "auto"
-            and box_cost < WINDOW_COST_IN_DENSE_WINDOWS * len(ii)
+            and box_cells + DENSE_CALL_COST_IN_CELLS < WINDOW_COST_IN_DENSE_CELLS * len(ii)
         )
         if use_dense:
             # window offsets in the box stay multiples of the stride: exact as over the tile
@@ -717,22 +766,8 @@ def _classify_batch(
             out_secondary[r0 + ii, c0 + jj] = sp
             out_decisions[r0 + ii, c0 + jj] = sp >= secondary.decision_threshold
         else:
-            gathered.append((b, r0, c0, ii, jj))
-    if gathered and secondary is not None:
-        # the windows of every tile of the batch that the secondary checks one by one: one call
-        crops = np.concatenate(
-            [
-                windows_of(pixels[b], window=g.window, stride=g.stride)[ii, jj]
-                for b, _, _, ii, jj in gathered
-            ]
-        )
-        sp_all = secondary.window_probabilities(crops)
-        at = 0
-        for _, r0, c0, ii, jj in gathered:
-            sp = sp_all[at : at + len(ii)]
-            at += len(ii)
-            out_secondary[r0 + ii, c0 + jj] = sp
-            out_decisions[r0 + ii, c0 + jj] = sp >= secondary.decision_threshold
+            views = windows_of(pixels[b], window=g.window, stride=g.stride)
+            pending.add(views[ii, jj], r0 + ii, c0 + jj)
     return secondary_windows
 
 
@@ -758,7 +793,7 @@ def scan(
     ``secondary_mode``: "gather" classifies exactly the primary's tumour windows, one by one in a
     batch; "dense" runs the secondary densely over tiles holding any of them (needs valid padding);
     "auto" runs the secondary densely over the box of a tile's called windows when that costs less
-    than checking them one by one (:data:`WINDOW_COST_IN_DENSE_WINDOWS`) and the model allows."""
+    than checking them one by one (:data:`WINDOW_COST_IN_DENSE_CELLS`) and the model allows."""
     started = time.perf_counter()
     primary.check_dense(geometry)
     if secondary is not None:
@@ -783,11 +818,9 @@ def scan(
     primary_p = np.full((n_rows, n_cols), np.nan, np.float32)
     secondary_p = np.full((n_rows, n_cols), np.nan, np.float32)
     decisions = np.zeros((n_rows, n_cols), bool)
-    on_cuda = str(primary.device).startswith("cuda")
-    # CPU: small tiles stay in cache (24 x 24 windows, 270 px: ~2x faster than 510 px tiles);
-    # GPU: big tiles and batches keep it busy
-    tile_windows = tile_windows or (64 if on_cuda else 24)
-    batch_tiles = batch_tiles or (8 if on_cuda else 4)
+    default_tiles, default_batch = tile_plan(primary.device)
+    tile_windows = tile_windows or default_tiles
+    batch_tiles = batch_tiles or default_batch
     tiles = list(_tile_grid(n_rows, n_cols, tile_windows))
     todo = [t for t in tiles if tissue_windows[t[0] : t[1], t[2] : t[3]].any()]
     # tiles of one size batch together (edge tiles are smaller): little padding is computed
@@ -812,6 +845,7 @@ def scan(
 
     # The next batch's tiles are read (JPEG decoding releases the GIL) while the model runs on
     # this one; one reader thread, so the reader is never called concurrently.
+    one_by_one = _PendingWindows(secondary, out_secondary=secondary_p, out_decisions=decisions)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-reader") as pool:
         pending = pool.submit(read_batch, batches[0]) if batches else None
         for k, batch in enumerate(batches):
@@ -833,10 +867,14 @@ def scan(
                 out_primary=primary_p,
                 out_secondary=secondary_p,
                 out_decisions=decisions,
+                pending=one_by_one,
             )
             done += len(batch)
-            if progress is not None:
+            if progress is not None and done < len(todo):
                 progress(done, len(todo))
+    one_by_one.flush()
+    if progress is not None and todo:
+        progress(len(todo), len(todo))
     counts = np.zeros((c_rows, c_cols), np.uint8)
     if n_rows and n_cols:
         full_counts = box_sum_full(decisions, g.n)
