@@ -355,10 +355,11 @@ def main() -> None:
     )
 
     def ours_triage() -> None:
+        from review.queues import triage_ids
+
         qs = triage_nodes(nodes_for(lead), version=live, filters=TriageFilter())
-        offset = 100 * rng.randrange(pages)
-        qs.count()
-        triage_page(list(qs.values_list("pk", flat=True)[offset : offset + 100]), version=live)
+        ids, _total = triage_ids(qs, offset=100 * rng.randrange(pages), limit=100)
+        triage_page(ids, version=live)
 
     ours_t = summarise("triage: ours", timed(ours_triage, n_baseline))
     base_t = summarise(
