@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "inference",
     "review",
     "audit",
+    "clinical",
 ]
 
 MIDDLEWARE = [

@@ -298,20 +298,10 @@ def launch_training(
     enqueue: bool = True,
 ) -> TrainingRun:
     """Check a request and queue a TrainingRun on the `gpu` queue (after the transaction commits)."""
-    if architecture not in ARCHITECTURES:
-        raise TrainingRequestError(
-            f"unknown architecture {architecture!r}; choose one of {list(ARCHITECTURES)}"
-        )
-    if stage not in Stage.values:
-        raise TrainingRequestError(f"unknown stage {stage!r}; choose one of {Stage.values}")
-    try:
-        checked = TrainingRecipe.from_dict(recipe or {})
-    except (TypeError, ValueError) as exc:
-        raise TrainingRequestError(f"bad recipe: {exc}") from exc
-    _check_recipe_bounds(checked)
-    if dataset_source.get("kind") == "hard-negatives" and stage != Stage.SECONDARY:
-        raise TrainingRequestError("hard negatives train the secondary model: use stage secondary")
-    check_dataset(dataset_source)
+    if _is_mil(architecture, dataset_source):  # seed 001: attention MIL on case bags
+        stage = _check_mil_request(dataset_source, architecture, recipe)
+    else:
+        _check_patch_request(dataset_source, architecture, stage, recipe)
     if enqueue:
         check_queue_reachable()  # broker down: QueueUnavailable (503) before any row is written
     with transaction.atomic():
@@ -328,6 +318,42 @@ def launch_training(
         if enqueue:
             transaction.on_commit(lambda: _queue_training_run(run))
     return run
+
+
+def _is_mil(architecture: str, dataset_source: dict[str, Any]) -> bool:
+    from .mil_jobs import is_mil_request
+
+    return is_mil_request(architecture=architecture, dataset_source=dataset_source)
+
+
+def _check_mil_request(dataset_source, architecture, recipe) -> str:
+    """MIL runs (inference.mil_jobs) have their own checks and the stage "mil"."""
+    from .mil import MIL_STAGE, MILError
+    from .mil_jobs import check_mil_request
+
+    try:
+        check_mil_request(dataset_source=dataset_source, architecture=architecture, recipe=recipe or {})
+    except MILError as exc:
+        raise TrainingRequestError(str(exc)) from exc
+    return MIL_STAGE
+
+
+def _check_patch_request(dataset_source, architecture, stage, recipe) -> None:
+    """The checks of a patch-classifier run."""
+    if architecture not in ARCHITECTURES:
+        raise TrainingRequestError(
+            f"unknown architecture {architecture!r}; choose one of {list(ARCHITECTURES)}"
+        )
+    if stage not in Stage.values:
+        raise TrainingRequestError(f"unknown stage {stage!r}; choose one of {Stage.values}")
+    try:
+        checked = TrainingRecipe.from_dict(recipe or {})
+    except (TypeError, ValueError) as exc:
+        raise TrainingRequestError(f"bad recipe: {exc}") from exc
+    _check_recipe_bounds(checked)
+    if dataset_source.get("kind") == "hard-negatives" and stage != Stage.SECONDARY:
+        raise TrainingRequestError("hard negatives train the secondary model: use stage secondary")
+    check_dataset(dataset_source)
 
 
 def _queue_training_run(run: TrainingRun) -> None:
@@ -359,6 +385,10 @@ def execute_training_run(*, run_id: int, worker: str = "local", device: str | No
         if run.cancel_requested and not run.is_finished:
             run.finish(TrainingRun.Status.CANCELLED, reason="cancelled before it started")
         return run.status
+    if _is_mil(run.architecture, run.dataset_source):  # seed 001: attention MIL on case bags
+        from .mil_jobs import execute_mil_run
+
+        return execute_mil_run(run, device=device)
     try:
         source = run.dataset_source
         if source.get("kind") == "hard-negatives":
