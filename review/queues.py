@@ -166,6 +166,7 @@ class Region:
             node_id=node_id,
             region=self.key,
             heatmap_id=self.heatmap_id,
+            review=True,
         )
 
     def box(self, *, width: float, height: float) -> tuple[float, float, float, float] | None:
@@ -329,14 +330,16 @@ def viewer_url(
     node_id: int | None = None,
     region: str | None = None,
     heatmap_id: int | None = None,
+    review: bool = False,
 ) -> str | None:
-    """The viewer at a place: `/review/nodes/<node>/slides/<slide>/view/?x=&y=&zoom=&region=`
-    for a node under review (the slide viewer plus the review bar, which reports the regions
-    shown and saves "not tumour" corrections), else `/slides/<slide>/view/?x=&y=&zoom=`.
+    """The viewer at a place. With `review` (and a node): the review viewer,
+    `/review/nodes/<node>/slides/<slide>/view/?x=&y=&zoom=&heatmap=&region=`, the slide viewer
+    plus the review bar that reports the regions shown and saves "not tumour" corrections; else
+    the slide viewer, `/slides/<slide>/view/?x=&y=&zoom=&heatmap=&node=&region=`.
 
-    x, y: level-0 pixels of the centre; zoom: screen pixels per level-0 pixel; `heatmap`: the
-    heat map to overlay (the viewer always shows one: the slide's latest of the live model
-    unless named). The overlay is on when the viewer opens.
+    x, y: level-0 pixels of the centre; zoom: screen pixels per level-0 pixel; `heatmap`: the id
+    of the heat map to overlay (without it the viewer overlays the slide's latest heat map of
+    the live model). The overlay is on when the viewer opens.
     """
     if slide_id is None:
         return None
@@ -345,12 +348,14 @@ def viewer_url(
         params.update(x=round(x), y=round(y), zoom=zoom)
     if heatmap_id:
         params["heatmap"] = heatmap_id
-    if region:
-        params["region"] = region
-    if node_id is not None:
+    if review and node_id is not None:
         path = reverse("review-viewer", args=[node_id, slide_id])
     else:
         path = reverse("slide-viewer", args=[slide_id])
+        if node_id is not None:
+            params["node"] = node_id
+    if region:
+        params["region"] = region
     return f"{path}?{urlencode(params)}" if params else path
 
 
@@ -399,7 +404,7 @@ class QueueRow:
         """The viewer at the node's highest-scoring region (or its first slide)."""
         if self.regions and self.regions[0].slide_id:
             return self.regions[0].viewer_url(node_id=self.node.pk)
-        return viewer_url(self.slide.pk if self.slide else None, node_id=self.node.pk)
+        return viewer_url(self.slide.pk if self.slide else None, node_id=self.node.pk, review=True)
 
     @property
     def score_percent(self) -> float | None:
