@@ -17,7 +17,7 @@ from slides.auth import ThrottledLoginView
 
 api_urls = []
 # Each domain app contributes its own API routes (annotations, inference, review) when present.
-for app in ("annotations", "inference", "review"):
+for app in ("annotations", "inference", "review", "clinical"):
     if find_spec(f"{app}.urls") is not None:
         api_urls.append(path("", include(f"{app}.urls")))
 api_urls.append(path("", include("inference.heatmap_urls")))
@@ -33,4 +33,5 @@ urlpatterns = [
     path("", include(inference_urls.page_urls)),
     path("", include(review_urls.page_urls)),
     path("", include(slide_urls.page_urls)),
+    path("", include("clinical.page_urls")),
 ]
