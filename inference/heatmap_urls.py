@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
+from . import gradcam_views
 from . import heatmap_views as views
 
 urlpatterns = [
@@ -18,4 +19,20 @@ urlpatterns = [
         name="heatmap-tile",
     ),
     path("slides/<int:pk>/heatmap/regions/", views.heatmap_regions, name="heatmap-regions"),
+    # Grad-CAM on demand (inference.gradcam)
+    path(
+        "slides/<int:pk>/gradcam/",
+        gradcam_views.GradCamRequestView.as_view(),
+        name="gradcam-request",
+    ),
+    path(
+        "slides/<int:pk>/gradcam/<int:gradcam>/",
+        gradcam_views.GradCamDetailView.as_view(),
+        name="gradcam-detail",
+    ),
+    path(
+        "slides/<int:pk>/gradcam/<int:gradcam>/overlay.png",
+        gradcam_views.gradcam_overlay,
+        name="gradcam-overlay",
+    ),
 ]

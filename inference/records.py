@@ -249,3 +249,57 @@ class NodeScore(models.Model):
 
     def __str__(self) -> str:
         return f"node {self.node_id}: {self.score:.4f} by {self.model_version_id}"
+
+
+class GradCam(models.Model):
+    """A Grad-CAM map of one model over one slide region (level-0 px), computed on demand by a
+    task on the `gpu` queue and kept: the same region and model version give the same record.
+    The map and its PNG overlay are written atomically before the row says `succeeded`."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED)
+
+    slide = models.ForeignKey("slides.Slide", on_delete=models.CASCADE, related_name="gradcams")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="gradcams")
+    x = models.PositiveIntegerField(help_text="level-0 px of the region's left edge")
+    y = models.PositiveIntegerField()
+    width = models.PositiveIntegerField(help_text="level-0 px")
+    height = models.PositiveIntegerField()
+    window_px = models.FloatField(help_text="level-0 px of the classifier window")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    status_reason = models.TextField(blank=True)
+    raster_path = models.CharField(max_length=1024, blank=True)
+    overlay_path = models.CharField(max_length=1024, blank=True)
+    windows = models.PositiveIntegerField(default=0, help_text="classifier windows the region was cut into")
+    max_probability = models.FloatField(null=True, blank=True, help_text="highest tumour probability of a window")
+    peak_x = models.FloatField(null=True, blank=True, help_text="level-0 x of the map's maximum")
+    peak_y = models.FloatField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    seconds = models.FloatField(null=True, blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["slide", "model_version", "x", "y", "width", "height"],
+                name="one_gradcam_per_region_and_model",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Grad-CAM {self.pk} of slide {self.slide_id} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED

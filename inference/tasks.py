@@ -70,3 +70,14 @@ def _recover_scoring_on_start(sender=None, **kwargs):
         from .rescoring import recover_stale_slide_jobs
 
         recover_stale_slide_jobs()
+
+
+# ---- Grad-CAM on demand (inference.gradcam) -------------------------------------------------
+
+
+@shared_task(bind=True, name="inference.gradcam", acks_late=True, reject_on_worker_lost=True)
+def compute_gradcam(self, gradcam_id: int) -> str:
+    """Compute one Grad-CAM record; idempotent (see `execute_gradcam`)."""
+    from .gradcam import execute_gradcam
+
+    return execute_gradcam(gradcam_id, worker=self.request.hostname or "worker")

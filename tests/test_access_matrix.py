@@ -41,7 +41,7 @@ from rest_framework.authtoken.models import Token
 
 from annotations import services as annotation_services
 from inference.heatmaps import write_raster
-from inference.records import HeatMap, ScoringRun, TrainingRun
+from inference.records import GradCam, HeatMap, ScoringRun, TrainingRun
 from review.models import ReviewDecision
 from slides.access import grant_role
 from slides.ingest import register_slide
@@ -157,6 +157,13 @@ def _build_world(root: Path) -> World:
         max_y=300,
     )
     score_node(node, version, 14 / 16, heatmap=heatmap)
+    overlay = root / "gradcam" / "gradcam-a.png"
+    overlay.parent.mkdir(parents=True, exist_ok=True)
+    overlay.write_bytes(b"\x89PNG\r\n\x1a\n")
+    gradcam = GradCam.objects.create(
+        slide=slide, model_version=version, x=0, y=0, width=40, height=40, window_px=40,
+        status=GradCam.Status.SUCCEEDED, overlay_path=str(overlay),
+    )  # fmt: skip
     score_node(node2, version, 0.1)
 
     other_case = make_case(lab_b, "ACC-B-1", nodes=("node 1",))
@@ -195,6 +202,7 @@ def _build_world(root: Path) -> World:
             "run": version.training_run_id,
             "scoring_run": run.pk,
             "heatmap": heatmap.pk,
+            "gradcam": gradcam.pk,
         },
         other={
             "lab": lab_b.pk,
@@ -327,6 +335,10 @@ MATRIX: tuple[Entry, ...] = (
     Entry("/api/slides/{slide}/heatmap/tilesource/", (get(PATHOLOGIST, lab=True),)),
     Entry("/api/slides/{slide}/heatmap/tiles/0/0/0.png", (get(PATHOLOGIST, lab=True),)),
     Entry("/api/slides/{slide}/heatmap/regions/", (get(PATHOLOGIST, lab=True),)),
+    # API: Grad-CAM (the matrix's live model has no weights file: a request is a 409)
+    Entry("/api/slides/{slide}/gradcam/", (post(PATHOLOGIST, lab=True, body={"x": 9, "y": 9}),)),
+    Entry("/api/slides/{slide}/gradcam/{gradcam}/", (get(PATHOLOGIST, lab=True),)),
+    Entry("/api/slides/{slide}/gradcam/{gradcam}/overlay.png", (get(PATHOLOGIST, lab=True),)),
     # API: models (platform-wide: every role sees which version is live; admins change them)
     Entry(
         "/api/training-runs/", (get(USER), post(ADMIN, body={"dataset_source": {}})), suffix=True
