@@ -21,7 +21,7 @@ This module:
 * training (:func:`train_mil`): Adam, early stopping on validation AUC (three classes: the AUC of
   N+ versus N0, i.e. 1 - p(N0)), seeded, padded batches of bags, a checkpoint per epoch;
 * metrics (:func:`mil_metrics`): AUC with a 95% bootstrap interval, accuracy, sensitivity and
-  specificity (each with its interval; from :func:`review.metrics.evaluate`), and for three
+  specificity (each with its interval, percentile bootstrap over cases), and for three
   classes the same one-versus-rest per class;
 * prediction (:func:`predict_case`): the class, the probabilities and each patch's attention.
 """
@@ -651,15 +651,48 @@ def load_mil_model(path: str | os.PathLike[str]) -> tuple[GatedAttentionMIL, dic
 def _estimates(
     y: np.ndarray, s: np.ndarray, threshold: float, *, n_boot: int, seed: int
 ) -> dict[str, Any]:
-    """AUC, accuracy, sensitivity, specificity with 95% bootstrap intervals (review.metrics)."""
-    from review.metrics import evaluate
+    """AUC (Mann-Whitney, ties one half), accuracy, sensitivity and specificity at ``threshold``
+    (positive at or above it), each with a seeded percentile-bootstrap 95% interval over cases
+    (resamples lacking a class are skipped for the metrics that need it), as review.metrics does."""
+    from .metrics import auc_by_ranks
 
-    out = evaluate(y, s, threshold, n_boot=n_boot, seed=seed)
-    result: dict[str, Any] = {"n": int(y.size), "positives": int(y.sum())}
-    for key in ("auc", "accuracy", "sensitivity", "specificity"):
-        if key in out:
-            result[key] = out[key].as_dict()
-    result["confusion"] = {k: out[k] for k in ("tp", "fp", "tn", "fn") if k in out}
+    y = np.asarray(y, dtype=bool)
+    s = np.asarray(s, dtype=np.float64)
+    called = s >= threshold
+
+    def point(idx: np.ndarray) -> dict[str, float | None]:
+        yt, ct = y[idx], called[idx]
+        pos, neg = int(yt.sum()), int((~yt).sum())
+        return {
+            "auc": auc_by_ranks(yt, s[idx]) if pos and neg else None,
+            "accuracy": float(np.mean(yt == ct)) if idx.size else None,
+            "sensitivity": float(np.sum(ct & yt) / pos) if pos else None,
+            "specificity": float(np.sum(~ct & ~yt) / neg) if neg else None,
+        }
+
+    values = point(np.arange(y.size))
+    samples: dict[str, list[float]] = {k: [] for k in values}
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot if y.size else 0):
+        for key, value in point(rng.integers(0, y.size, y.size)).items():
+            if value is not None:
+                samples[key].append(value)
+    result: dict[str, Any] = {"n": int(y.size), "positives": int(y.sum()), "threshold": threshold}
+    for key, value in values.items():
+        if value is None:
+            continue
+        ci = (
+            [float(v) for v in np.percentile(samples[key], [2.5, 97.5])]
+            if samples[key]
+            else [None, None]
+        )
+        result[key] = {"value": value, "ci95": ci}
+    result["confusion"] = {
+        "tp": int(np.sum(called & y)),
+        "fp": int(np.sum(called & ~y)),
+        "tn": int(np.sum(~called & ~y)),
+        "fn": int(np.sum(~called & y)),
+    }
     return result
 
 
