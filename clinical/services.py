@@ -270,7 +270,16 @@ def import_csv(text: str, *, user) -> ImportReport:
     other labs' cases.
     """
     report = ImportReport()
-    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
+    try:
+        return _import_rows(text, user=user, report=report)
+    except csv.Error as exc:  # a malformed file (stray quote, over-long field)
+        return ImportReport(
+            errors=[{"row": None, "errors": {"file": f"not readable as CSV: {exc}"}}]
+        )
+
+
+def _import_rows(text: str, *, user, report: ImportReport) -> ImportReport:
+    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""))
     header = [h.strip() for h in (reader.fieldnames or [])]
     if ACCESSION_COLUMN not in header:
         report.errors.append({"row": 1, "errors": {ACCESSION_COLUMN: "missing column"}})

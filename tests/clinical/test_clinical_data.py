@@ -241,3 +241,14 @@ def test_form_page_saves_and_shows_errors(people, case):
     assert entry.source == "form"
     case_page = client.get(f"/cases/{case.pk}/")
     assert b"Node status: <strong>N+(1-2)</strong>" in case_page.content
+
+
+def test_csv_import_of_a_malformed_file_is_a_clear_error(people, case):
+    huge = 'accession_number,age\n"' + "x" * 200_000 + '",1\n'
+    report = import_csv(huge, user=people.pathologist)
+    assert report.imported == 0 and "not readable as CSV" in report.errors[0]["errors"]["file"]
+    report = import_csv("accession_number,age\r\nS26-0001,50\r\n", user=people.pathologist)
+    assert report.ok and report.imported == 1  # Windows line ends are fine
+    client = _client(people.pathologist)
+    response = client.post("/api/clinical/import/", {"csv": huge}, content_type="application/json")
+    assert response.status_code == 400 and "not readable as CSV" in str(response.json())

@@ -182,3 +182,11 @@ def test_a_case_without_tumour_outline_is_skipped_and_says_so(cohort, people):
     client.force_login(people.pathologist)
     answer = client.get(f"/api/cases/{bare.pk}/mil-prediction/")
     assert answer.status_code == 409 and "outline the cancer areas" in answer.json()["detail"]
+
+
+def test_train_mil_command_refuses_unknown_clinical_variables(cohort):
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="unknown clinical variables"):
+        call_command("train_mil", "--clinical", "grade", "--here")
+    assert not TrainingRun.objects.exists()
