@@ -78,7 +78,7 @@ class LaunchTrainingSerializer(serializers.Serializer):
         help_text='{"kind": "image-folder"|"arrays"|"snapshot", ...}'
     )
     architecture = serializers.ChoiceField(
-        choices=["mobilenetv2", "resnet18"], default="mobilenetv2"
+        choices=["mobilenetv2", "resnet18", "gated-attention-mil"], default="mobilenetv2"
     )
     stage = serializers.ChoiceField(choices=Stage.choices, default=Stage.PRIMARY)
     recipe = serializers.JSONField(required=False, default=dict)

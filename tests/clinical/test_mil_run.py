@@ -190,3 +190,21 @@ def test_train_mil_command_refuses_unknown_clinical_variables(cohort):
     with pytest.raises(CommandError, match="unknown clinical variables"):
         call_command("train_mil", "--clinical", "grade", "--here")
     assert not TrainingRun.objects.exists()
+
+
+def test_admins_launch_a_mil_run_through_the_api(cohort, people):
+    client = Client()
+    client.force_login(people.admin)
+    response = client.post(
+        "/api/training-runs/",
+        {"dataset_source": {**SOURCE, "task": "nine-class"}, "architecture": MIL_ARCHITECTURE},
+        content_type="application/json",
+    )
+    assert response.status_code == 400 and "unknown task" in str(response.json())
+    response = client.post(
+        "/api/training-runs/",
+        {"dataset_source": SOURCE, "architecture": MIL_ARCHITECTURE},
+        content_type="application/json",
+    )
+    assert response.status_code == 201, response.content
+    assert response.json()["stage"] == "mil"
