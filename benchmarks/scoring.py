@@ -23,8 +23,7 @@ on them), the grid seed 002's: 40 px windows at stride 10 at 1.0 µm/px.
        (said in the output; --quick samples every window). The sample's probabilities are
        checked against the dense run's at the same positions.
    (b) the end-to-end slide path: tissue mask from the slide (not cached), tiles read from the
-       pyramid (in a background thread), the cascade with a secondary model, the box sum, the
-       heat map written atomically; versus the model alone: the primary's dense run over random
+       pyramid, the cascade with a secondary model, the box sum, the heat map written atomically; versus the model alone: the primary's dense run over random
        tensors of exactly the same tiles (shapes and batches). Random weights call nothing tumour
        in particular, so the primary's decision threshold is set at the quantile that sends
        --cascade-share of the tissue windows (5 %) to the secondary, as on a node with a little

@@ -43,7 +43,8 @@ def test_folded_model_computes_what_the_trained_model_computes(name, kw):
         assert torch.equal(value, before[key]), key
 
 
-def test_a_failing_tile_read_in_the_reader_thread_stops_the_scan_with_its_reason():
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_a_failing_tile_read_stops_the_scan_with_its_reason(prefetch):
     classifier = Classifier(model=random_dense_model()).to("cpu")
     image = np.random.default_rng(7).integers(0, 256, (300, 300, 3), dtype=np.uint8)
     calls = []
@@ -57,7 +58,15 @@ def test_a_failing_tile_read_in_the_reader_thread_stops_the_scan_with_its_reason
     from inference.scoring import scan
 
     with pytest.raises(ScoringError, match="is truncated"):
-        scan(reader, width=300, height=300, primary=classifier, tile_windows=8, batch_tiles=1)
+        scan(
+            reader,
+            width=300,
+            height=300,
+            primary=classifier,
+            tile_windows=8,
+            batch_tiles=1,
+            prefetch=prefetch,
+        )
     # without the failure the scan reads every tile once and equals the in-memory scan
     calls.clear()
     whole = scan_image(image, primary=classifier, tile_windows=8, batch_tiles=1)
@@ -68,6 +77,7 @@ def test_a_failing_tile_read_in_the_reader_thread_stops_the_scan_with_its_reason
         primary=classifier,
         tile_windows=8,
         batch_tiles=1,
+        prefetch=prefetch,
     )
     assert result.tiles_scanned == whole.tiles_scanned == 16
     assert np.array_equal(result.primary, whole.primary)
