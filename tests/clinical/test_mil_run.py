@@ -164,6 +164,10 @@ def test_training_run_produces_a_model_version_and_predictions(cohort, people, s
     outsider = Client()
     outsider.force_login(people.outsider)
     assert outsider.get(f"/api/cases/{case.pk}/mil-prediction/").status_code == 404
+    # the models pages list MIL versions like any other
+    assert client.get("/models/").status_code == 200
+    assert client.get(f"/models/{version.pk}/").status_code == 200
+    assert client.get(f"/api/model-versions/{version.pk}/").json()["stage"] == "mil"
 
 
 def test_a_case_without_tumour_outline_is_skipped_and_says_so(cohort, people):
