@@ -568,6 +568,8 @@ def promote(*, version: ModelVersion, user=None, rescore: bool = True) -> ModelV
     """Make `version` the live model of its stage (the previous live one steps down) and, after the
     commit, rescore every slide with the live cascade (one task per slide on the `gpu` queue).
     With the job queue down nothing is promoted (QueueUnavailable), since nothing could be rescored."""
+    if version.stage == "mil":  # a MIL model predicts cases (clinical/), it scores no slide
+        rescore = False
     if rescore:
         check_queue_reachable()
     with transaction.atomic():

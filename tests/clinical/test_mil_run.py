@@ -212,3 +212,29 @@ def test_admins_launch_a_mil_run_through_the_api(cohort, people):
     )
     assert response.status_code == 201, response.content
     assert response.json()["stage"] == "mil"
+
+
+def test_promoting_a_mil_model_rescores_no_slide_and_makes_it_the_case_pages_model(
+    cohort, people, django_capture_on_commit_callbacks
+):
+    from inference.jobs import promote
+
+    versions = []
+    for seed in (0, 1):
+        run = launch_training(
+            dataset_source={**SOURCE, "clinical": False, "seed": seed},
+            architecture=MIL_ARCHITECTURE,
+            recipe={"max_epochs": 2, "n_bootstrap": 0, "seed": seed},
+            enqueue=False,
+        )
+        assert execute_training_run(run_id=run.pk) == TrainingRun.Status.SUCCEEDED
+        versions.append(run.model_version)
+    with django_capture_on_commit_callbacks() as callbacks:
+        promote(version=versions[0], user=people.admin)
+    assert callbacks == []  # no rescoring of every slide queued
+    versions[0].refresh_from_db()
+    assert versions[0].is_live and versions[0].stage == "mil"
+    client = Client()
+    client.force_login(people.pathologist)
+    body = client.get(f"/api/cases/{cohort[0].pk}/mil-prediction/").json()
+    assert body["model_version"]["id"] == versions[0].pk  # the live one, not the newest
