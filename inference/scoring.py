@@ -671,14 +671,15 @@ def _read_tiles(
     return out
 
 
-class _Done:
-    """A call made at once, with a future's ``result()`` (reading without the background thread)."""
+class _Later:
+    """A call made when its ``result()`` is asked for, like a future (reading without the
+    background thread: the model waits for every read, and ``read_wait_seconds`` says so)."""
 
     def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self.value = fn(*args)
+        self.fn, self.args = fn, args
 
     def result(self) -> Any:
-        return self.value
+        return self.fn(*self.args)
 
 
 class _PendingWindows:
@@ -865,7 +866,7 @@ def scan(
     # thread, so the reader is never called concurrently.
     one_by_one = _PendingWindows(secondary, out_secondary=secondary_p, out_decisions=decisions)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-reader") as pool:
-        submit = pool.submit if prefetch else _Done
+        submit = pool.submit if prefetch else _Later
         pending = submit(read_batch, batches[0]) if batches else None
         for k, batch in enumerate(batches):
             wait_started = time.perf_counter()
