@@ -176,8 +176,20 @@ def model_version_page(request: HttpRequest, pk: int) -> HttpResponse:
             .select_related("model_version", "secondary_version")
             .order_by("-created_at", "-id")[:20],
             "is_admin": has_role(request.user, Role.ADMIN),
+            "slide_level": _slide_level(version),
         },
     )
+
+
+def _slide_level(version: ModelVersion) -> dict | None:
+    """The stored slide-level comparison (inference.slide_level), without per-slide detail."""
+    from .slide_level import load_result
+
+    result = load_result(version)
+    if result is not None:
+        result.pop("probabilities", None)
+        result.pop("slide_ids", None)
+    return result
 
 
 # ---- what changed between scoring runs ----------------------------------------------------------
