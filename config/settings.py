@@ -128,6 +128,8 @@ RESULTS_DIR = Path(env_str("NODESCOPE_RESULTS_DIR", str(VAR_DIR / "results")))
 # Folders that `import_slides` and manifests may read from (besides SLIDE_STORAGE_DIR); empty = any.
 SLIDE_IMPORT_ROOTS = [Path(p) for p in env_str("NODESCOPE_IMPORT_ROOTS", "").split(":") if p]
 MAX_UPLOAD_BYTES = env_int("NODESCOPE_MAX_UPLOAD_BYTES", 4 * 1024**3)
+# Largest slide side accepted at import (px); larger declared sizes are decompression bombs.
+MAX_SLIDE_SIDE_PX = env_int("NODESCOPE_MAX_SLIDE_SIDE_PX", 400_000)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024**2
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024**2
 
