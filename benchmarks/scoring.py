@@ -31,11 +31,18 @@ on them), the grid seed 002's: 40 px windows at stride 10 at 1.0 µm/px.
    (c) seconds per cm² of node for each (node area, glass included), on CPU, and on CUDA when the
        machine has a GPU.
 
-Why not 16x: with a 40 px window at stride 10 the patch loop computes every *input* pixel 16
-times, but with valid padding each window's deeper feature maps shrink (19 -> 9 px), so it
-recomputes deep layers only about 3-6 times; the multiply-accumulates per window differ 6.1x
-(printed as work per window), which bounds the like-for-like speed-up. The speed-up against the
-plain patch loop adds what folding batch norms and channels-last give the scanner.
+Why not 16x like for like: with a 40 px window at stride 10 the patch loop computes every *input*
+pixel 16 times, but with valid padding each window's deeper feature maps shrink (19 -> 9 px), so
+it recomputes deep layers only about 3-6 times; the multiply-accumulates per window differ 6.1x
+(printed as work per window), which bounds the like-for-like speed-up (measured 4-6x). Against the
+plain patch loop the scanner also gains what folding batch norms, channels-last and one cache-sized
+tile at a time give it (8-25x measured on a busy 2-core machine, 1 torch thread).
+
+What limits the end-to-end ratio (1 cm², 1 thread, measured): besides the primary's dense run, the
+secondary checks 5 % of the tissue windows one by one at ~6x the cost of a dense window (~1.5 s
+against ~7 s for the primary), tiles are read in the model's thread (~1.3 s; a background reader
+thread was slower: the GIL), the tissue mask takes ~0.5 s (cached when rescoring), and the rest
+(normalising, the box sum, the heat map) well under a second.
 
 The last line printed is one JSON object with the figures and ratios.
 """
