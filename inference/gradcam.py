@@ -37,7 +37,7 @@ from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from .heatmaps import VIRIDIS
-from .records import GradCam, ModelVersion, Stage
+from .records import GradCam, ModelVersion, Stage, TrainingRun
 
 if TYPE_CHECKING:  # pragma: no cover
     from slides.models import Slide
@@ -438,6 +438,24 @@ def execute_gradcam(gradcam_id: int, *, worker: str = "local", device: str | Non
         finished_at=timezone.now(),
     )
     return GradCam.objects.get(pk=gradcam_id).status
+
+
+def recover_stale_gradcams() -> list[int]:
+    """Queue again every Grad-CAM left `running` by a worker that stopped sending heartbeats, and
+    every one still `queued` long after it was asked for (its message may have died with the
+    broker). A second message is harmless: :func:`claim` lets one worker compute it."""
+    from django.db.models import Q
+
+    before = TrainingRun.stale_before()
+    stale = list(
+        GradCam.objects.filter(
+            Q(status=GradCam.Status.RUNNING, heartbeat_at__lt=before)
+            | Q(status=GradCam.Status.QUEUED, created_at__lt=before)
+        ).values_list("pk", flat=True)
+    )
+    for pk in stale:
+        _queue(pk)
+    return stale
 
 
 # ---- requests ------------------------------------------------------------------------------------

@@ -67,9 +67,11 @@ def _recover_scoring_on_start(sender=None, **kwargs):
     consumer = getattr(sender, "task_consumer", None)
     queues = {q.name for q in getattr(consumer, "queues", [])}
     if settings.TRAINING_QUEUE in queues:
+        from .gradcam import recover_stale_gradcams
         from .rescoring import recover_stale_slide_jobs
 
         recover_stale_slide_jobs()
+        recover_stale_gradcams()
 
 
 # ---- Grad-CAM on demand (inference.gradcam) -------------------------------------------------

@@ -298,3 +298,28 @@ def test_a_failed_map_says_why_and_is_tried_again(
         second = client.post(url, {"x": 100, "y": 100}, format="json").json()
     assert second["id"] == first["id"]
     assert GradCam.objects.get(pk=first["id"]).status == GradCam.Status.SUCCEEDED
+
+
+def test_a_request_whose_message_was_lost_is_computed_when_a_worker_starts(
+    people, live_slide, eager, settings, django_capture_on_commit_callbacks
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from inference.gradcam import recover_stale_gradcams
+
+    slide, _ = live_slide
+    client = _client(people.pathologist)
+    with django_capture_on_commit_callbacks(execute=False):  # the message never reaches a worker
+        answer = client.post(
+            f"/api/slides/{slide.pk}/gradcam/", {"x": 200, "y": 150}, format="json"
+        )
+    record = GradCam.objects.get(pk=answer.json()["id"])
+    assert record.status == GradCam.Status.QUEUED
+    assert recover_stale_gradcams() == []  # recently asked for: its message may still come
+    old = timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS + 60)
+    GradCam.objects.filter(pk=record.pk).update(created_at=old)
+    assert recover_stale_gradcams() == [record.pk]
+    record.refresh_from_db()
+    assert record.status == GradCam.Status.SUCCEEDED, record.status_reason
