@@ -24,8 +24,6 @@ import io
 import json
 import logging
 import math
-import os
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +33,8 @@ import numpy as np
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
+
+from config.files import write_atomically
 
 from .heatmaps import VIRIDIS
 from .records import GradCam, ModelVersion, Stage, TrainingRun
@@ -254,20 +254,6 @@ def gradcam_dir() -> Path:
     return Path(settings.RESULTS_DIR) / "gradcam"
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Temporary file in the same folder, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def overlay_rgba(values: np.ndarray) -> np.ndarray:
     """(H, W, 4) uint8 of a map normalised to [0, 1]: viridis, transparent below
     :data:`OVERLAY_FLOOR`, alpha rising with the value."""
@@ -319,11 +305,11 @@ def write_gradcam_files(
         meta=np.array(json.dumps({"gradcam": gradcam.pk, "region": _region_of(gradcam).to_dict()})),
     )
     raster = folder / f"gradcam-{gradcam.pk}.npz"
-    _write_atomically(raster, buffer.getvalue())
+    write_atomically(raster, buffer.getvalue())
     png = io.BytesIO()
     Image.fromarray(overlay_rgba(small), "RGBA").save(png, format="PNG", compress_level=6)
     overlay = folder / f"gradcam-{gradcam.pk}.png"
-    _write_atomically(overlay, png.getvalue())
+    write_atomically(overlay, png.getvalue())
     return raster, overlay
 
 

@@ -31,8 +31,6 @@ The result (and a model trained on all slides) is written atomically to
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from django.conf import settings
 from django.utils import timezone
+
+from config.files import write_atomically
 
 from .metrics import auc_by_ranks
 
@@ -312,19 +312,6 @@ def result_path(version: ModelVersion) -> Path:
     return Path(settings.RESULTS_DIR) / "slide-level" / f"model-{version.pk}.json"
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def latest_run(version: ModelVersion) -> ScoringRun | None:
     from .records import ScoringRun
 
@@ -404,7 +391,7 @@ def build_slide_classifier(
     weights = path.with_suffix(".pt")
     buffer = io.BytesIO()
     torch.save({"state_dict": final.net.state_dict(), "size": size}, buffer)
-    _write_atomically(weights, buffer.getvalue())
+    write_atomically(weights, buffer.getvalue())
     result = {
         "format": "nodescope-slide-level/1",
         "model_version": version.pk,
@@ -416,7 +403,7 @@ def build_slide_classifier(
         "created_at": timezone.now().isoformat(),
         **comparison,
     }
-    _write_atomically(path, json.dumps(result, indent=1).encode())
+    write_atomically(path, json.dumps(result, indent=1).encode())
     return result
 
 
