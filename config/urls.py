@@ -21,6 +21,7 @@ for app in ("annotations", "inference", "review", "clinical"):
     if find_spec(f"{app}.urls") is not None:
         api_urls.append(path("", include(f"{app}.urls")))
 api_urls.append(path("", include("inference.heatmap_urls")))
+api_urls.append(path("", include("inference.mil_overlay_urls")))
 api_urls += slide_urls.api_urls
 api_urls.append(path("schema/", SpectacularAPIView.as_view(), name="api-schema"))
 

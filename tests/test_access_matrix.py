@@ -339,6 +339,8 @@ MATRIX: tuple[Entry, ...] = (
     Entry("/api/slides/{slide}/gradcam/", (post(PATHOLOGIST, lab=True, body={"x": 9, "y": 9}),)),
     Entry("/api/slides/{slide}/gradcam/{gradcam}/", (get(PATHOLOGIST, lab=True),)),
     Entry("/api/slides/{slide}/gradcam/{gradcam}/overlay.png", (get(PATHOLOGIST, lab=True),)),
+    Entry("/api/slides/{slide}/mil-attention/", (get(PATHOLOGIST, lab=True),)),
+    Entry("/api/slides/{slide}/mil-attention/tiles/0/0/0.png", (get(PATHOLOGIST, lab=True),)),
     # API: models (platform-wide: every role sees which version is live; admins change them)
     Entry(
         "/api/training-runs/", (get(USER), post(ADMIN, body={"dataset_source": {}})), suffix=True
