@@ -18,8 +18,10 @@ class NodeInline(admin.TabularInline):
 
 @admin.register(Case)
 class CaseAdmin(admin.ModelAdmin):
-    list_display = ["accession_number", "patient_pseudonym", "lab", "status", "created_at"]
-    list_filter = ["lab", "status"]
+    list_display = [
+        "accession_number", "patient_pseudonym", "lab", "project_type", "status", "created_at"
+    ]
+    list_filter = ["lab", "project_type", "status"]
     search_fields = ["accession_number", "patient_pseudonym"]
     inlines = [NodeInline]
 

@@ -26,6 +26,7 @@ from django.db import IntegrityError, transaction
 from PIL import Image
 
 from .models import Case, Lab, Node, Slide
+from .project_types import ProjectType, parse_project_type
 from .sources import SLIDE_SUFFIXES, open_source, resolve_slide_file, vendor_of
 
 Progress = Callable[[int, int], None]
@@ -365,7 +366,8 @@ class ImportReport:
 
 
 def read_manifest(manifest: Path) -> list[dict[str, str]]:
-    """Rows of a CSV manifest with columns case, node, file and optional status/patient."""
+    """Rows of a CSV manifest with columns case, node, file and optional status, patient and
+    project_type ("lymph-node", the default for new cases, or "biopsy")."""
     with open(manifest, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         header = [h.strip().lower() for h in reader.fieldnames or []]
@@ -431,8 +433,20 @@ def _import_row(
             file_field, f"unknown status {row.get('status')!r} (use positive, negative or unknown)"
         )
     truth = GROUND_TRUTH_WORDS[status_word]
+    project_type = None
+    if row.get("project_type"):
+        try:
+            project_type = parse_project_type(row["project_type"])
+        except ValueError as exc:
+            raise SlideImportError(file_field, str(exc)) from exc
     with transaction.atomic():
-        node = _find_node(row, lab=lab, create_missing=create_missing, file_field=file_field)
+        node = _find_node(
+            row,
+            lab=lab,
+            create_missing=create_missing,
+            file_field=file_field,
+            project_type=project_type,
+        )
         if truth != Node.GroundTruth.UNKNOWN and node.ground_truth != truth:
             node.ground_truth = truth
             node.save(update_fields=["ground_truth"])
@@ -440,18 +454,33 @@ def _import_row(
 
 
 def _find_node(
-    row: dict[str, str], *, lab: Lab | None, create_missing: bool, file_field: str
+    row: dict[str, str],
+    *,
+    lab: Lab | None,
+    create_missing: bool,
+    file_field: str,
+    project_type: str | None = None,
 ) -> Node:
+    """The row's node; a new case gets the row's project type (lymph node when none is given),
+    an existing case of another type is an error (a row never changes a case's type)."""
     accession, label = row["case"], row["node"]
     case = Case.objects.filter(accession_number=accession).first()
     if case is None:
         if not create_missing or lab is None:
             raise SlideImportError(file_field, f"unknown case {accession!r}")
         case = Case.objects.create(
-            lab=lab, accession_number=accession, patient_pseudonym=row.get("patient", "")
+            lab=lab,
+            accession_number=accession,
+            patient_pseudonym=row.get("patient", ""),
+            project_type=project_type or ProjectType.LYMPH_NODE,
         )
     elif lab is not None and case.lab_id != lab.pk:
         raise SlideImportError(file_field, f"case {accession!r} belongs to another lab")
+    elif project_type and case.project_type != project_type:
+        raise SlideImportError(
+            file_field,
+            f"case {accession!r} is a {case.project_type} case, the row says {project_type}",
+        )
     node = Node.objects.filter(case=case, label=label).first()
     if node is None:
         if not create_missing:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from .project_types import ProjectDefaults, ProjectType, defaults_for
+
 
 class Role(models.TextChoices):
     """A user's role, held as membership of the Django group of the same name."""
@@ -29,7 +31,10 @@ class Lab(models.Model):
 
 
 class Case(models.Model):
-    """A patient's case: one accession, several lymph nodes."""
+    """A patient's case: one accession, several lymph nodes (or, for a biopsy, specimens).
+
+    `project_type` picks the patch grid and label names of its datasets (`slides.project_types`).
+    """
 
     class Status(models.TextChoices):
         OPEN = "open", "Open"
@@ -39,6 +44,12 @@ class Case(models.Model):
     accession_number = models.CharField(max_length=64, unique=True)
     patient_pseudonym = models.CharField(max_length=128, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.OPEN)
+    project_type = models.CharField(
+        max_length=20,
+        choices=ProjectType.choices,
+        default=ProjectType.LYMPH_NODE,
+        help_text="Lymph node (40 px patches at 1.0 µm/px) or biopsy (256 px at 0.5 µm/px)",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -46,6 +57,11 @@ class Case(models.Model):
 
     def __str__(self) -> str:
         return self.accession_number
+
+    @property
+    def project(self) -> ProjectDefaults:
+        """The patch grid and label names of this case's project type."""
+        return defaults_for(self.project_type)
 
 
 class Node(models.Model):

@@ -54,7 +54,10 @@ class CaseSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Case
-        fields = ["id", "lab", "accession_number", "patient_pseudonym", "status", "created_at", "node_count"]
+        fields = [
+            "id", "lab", "accession_number", "patient_pseudonym", "status", "project_type",
+            "created_at", "node_count",
+        ]
         read_only_fields = fields
 
 

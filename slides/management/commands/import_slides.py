@@ -13,8 +13,8 @@ from slides.models import Lab, Node
 
 class Command(BaseCommand):
     help = (
-        "Import slides. Either a CSV manifest (columns case,node,file[,status,patient]; or a folder "
-        "holding manifest.csv), or files given with --node."
+        "Import slides. Either a CSV manifest (columns case,node,file[,status,patient,"
+        "project_type]; or a folder holding manifest.csv), or files given with --node."
     )
 
     def add_arguments(self, parser):
