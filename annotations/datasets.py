@@ -15,11 +15,19 @@ Files in `RESULTS_DIR/datasets/<id>/`:
 - `manifest.json`: the snapshot's record, for reading it without the database.
 
 Training sees two classes: tumour (1) against everything else that survives (0: non-tumour and
-the hard negatives); the fine class stays beside it (`fine_labels`, `fine_classes`).
+the hard negatives); the fine class stays beside it (`fine_labels`, `fine_classes`). What the two
+are called comes from the cases' project type (`slides.project_types`): "non-tumour" / "tumour" for
+lymph nodes, "benign" / "tumour" for biopsies.
+
+The grid (patch size and µm/px) defaults to the project type's as well: 40 px at 1.0 µm/px for
+lymph nodes, 256 px at 0.5 µm/px for biopsies. A snapshot holds the slides of one project type
+only; slides of lymph-node and biopsy cases together are refused.
 
 The content hash is the SHA-256 of a canonical JSON of the slide ids and checksums, the annotation
 versions, the grid, the sampling, the seed, the split (the cases on each side) and the SHA-256 of
-each slide's label array: equal inputs give equal hashes, any change gives another.
+each slide's label array: equal inputs give equal hashes, any change gives another. A biopsy
+snapshot's payload also names its project type and training classes (a lymph-node payload is as it
+always was, so the hashes of lymph-node snapshots did not change when project types came in).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from slides.models import Slide
+from slides.project_types import ProjectDefaults, ProjectType, defaults_for
 
 from .labels import PatchLabelError, PatchLabels, derive_patch_labels
 from .models import Dataset, LabelClass
@@ -83,8 +92,8 @@ def create_snapshot(
     *,
     name: str,
     slides: Iterable[Slide | int],
-    patch_px: int = 40,
-    target_mpp: float = 1.0,
+    patch_px: int | None = None,
+    target_mpp: float | None = None,
     stride_px: int | None = None,
     val_fraction: float = 0.3,
     seed: int = 0,
@@ -96,23 +105,29 @@ def create_snapshot(
 ) -> Dataset:
     """Freeze the patch labels of `slides` into a new Dataset and queue its extraction.
 
-    Refuses (`DatasetError`) no slides, slides without mpp, labels that cannot be derived, a single
-    class overall, fewer than two cases, and a split that leaves a class out of training or
-    validation.
+    `patch_px` and `target_mpp` default to the project type of the slides' cases (lymph node: 40
+    px at 1.0 µm/px; biopsy: 256 px at 0.5 µm/px); `stride_px` to the patch size.
+
+    Refuses (`DatasetError`) no slides, slides of more than one project type, slides without mpp,
+    labels that cannot be derived, a single class overall, fewer than two cases, and a split that
+    leaves a class out of training or validation.
     """
     name = (name or "").strip()
     if not name:
         raise DatasetError("a dataset needs a name")
     if Dataset.objects.filter(name=name).exists():
         raise DatasetError(f"a dataset named {name!r} already exists; snapshots are never replaced")
-    stride_px = patch_px if stride_px is None else stride_px
-    if patch_px <= 0 or stride_px <= 0 or target_mpp <= 0:
-        raise DatasetError("patch size, stride and target mpp must be positive")
     if not 0.0 < val_fraction < 1.0:
         raise DatasetError("the validation fraction must lie between 0 and 1")
     if max_per_class is not None and max_per_class < 1:
         raise DatasetError("max_per_class must be at least 1")
     chosen = _resolve_slides(slides)
+    project = project_of(chosen)
+    patch_px = project.patch_px if patch_px is None else patch_px
+    target_mpp = project.target_mpp if target_mpp is None else target_mpp
+    stride_px = patch_px if stride_px is None else stride_px
+    if patch_px <= 0 or stride_px <= 0 or target_mpp <= 0:
+        raise DatasetError("patch size, stride and target mpp must be positive")
     no_mpp = [s for s in chosen if not s.mpp]
     if no_mpp:
         listed = ", ".join(f"{s.pk} ({s.name})" for s in no_mpp)
@@ -156,13 +171,15 @@ def create_snapshot(
     )
     binary = np.isin(fine, tumour_index).astype(np.int64)
     case_of = np.array([p.slide.node.case_id for p in per_slide], dtype=np.int64)[origin]
-    _refuse_single_class(binary[chosen_idx], len(chosen_idx))
+    training_classes = project.training_classes
+    _refuse_single_class(binary[chosen_idx], len(chosen_idx), names=training_classes)
 
     val = _split_by_case(
         binary=binary[chosen_idx],
         cases=case_of[chosen_idx],
         val_fraction=val_fraction,
         seed=seed,
+        names=training_classes,
     )
     in_val = np.zeros(len(fine), dtype=bool)
     in_val[chosen_idx[val]] = True
@@ -197,6 +214,7 @@ def create_snapshot(
         val_fraction=val_fraction,
         max_per_class=max_per_class,
         balanced=balanced,
+        project=project,
     )
     if enqueue:
         from config.queueing import check_queue_reachable
@@ -237,6 +255,26 @@ def _queue_extraction(dataset: Dataset) -> None:
     except QueueUnavailable as exc:
         dataset.finish(Dataset.Status.FAILED, reason=str(exc))
         raise
+
+
+def project_of(slides: Sequence[Slide]) -> ProjectDefaults:
+    """The one project type of the slides' cases; `DatasetError` naming the cases of each type if
+    they mix lymph-node and biopsy cases (their grids and label names differ)."""
+    by_type: dict[str, list[str]] = {}
+    for s in slides:
+        accessions = by_type.setdefault(s.node.case.project_type, [])
+        if s.node.case.accession_number not in accessions:
+            accessions.append(s.node.case.accession_number)
+    if len(by_type) > 1:
+        listed = "; ".join(
+            f"{defaults_for(t).label.lower()}: {', '.join(sorted(a))}"
+            for t, a in sorted(by_type.items())
+        )
+        raise DatasetError(
+            "a dataset holds the slides of one project type, and these cases mix them "
+            f"({listed}); make one dataset per project type"
+        )
+    return defaults_for(next(iter(by_type), ProjectType.LYMPH_NODE))
 
 
 def _resolve_slides(slides: Iterable[Slide | int]) -> list[Slide]:
@@ -302,24 +340,31 @@ def sample_patches(
     return np.sort(np.concatenate(kept)) if kept else np.zeros(0, dtype=np.int64)
 
 
-def _refuse_single_class(binary: np.ndarray, n: int) -> None:
+def _refuse_single_class(
+    binary: np.ndarray, n: int, *, names: Sequence[str] = TRAINING_CLASSES
+) -> None:
     tumour = int(binary.sum())
     if n == 0:
         raise DatasetError("these slides hold no labelled patch (no tissue, or all excluded)")
     if tumour == 0:
         raise DatasetError(
-            f"only one class overall: {n} non-tumour patches and no tumour patch; "
-            "add slides with tumour annotations"
+            f"only one class overall: {n} {names[0]} patches and no {names[1]} patch; "
+            f"add slides with {names[1]} annotations"
         )
     if tumour == n:
         raise DatasetError(
-            f"only one class overall: {n} tumour patches and nothing else; add slides of "
-            "negative nodes or non-tumour annotations"
+            f"only one class overall: {n} {names[1]} patches and nothing else; add slides of "
+            "negative nodes (or benign biopsies) or non-tumour annotations"
         )
 
 
 def _split_by_case(
-    *, binary: np.ndarray, cases: np.ndarray, val_fraction: float, seed: int
+    *,
+    binary: np.ndarray,
+    cases: np.ndarray,
+    val_fraction: float,
+    seed: int,
+    names: Sequence[str] = TRAINING_CLASSES,
 ) -> np.ndarray:
     """Boolean: which patches go to validation (whole cases; refuses a side without a class)."""
     from inference.datasets import split_indices
@@ -335,7 +380,7 @@ def _split_by_case(
     val[split.val] = True
     for side, mask in (("training", ~val), ("validation", val)):
         present = set(np.unique(binary[mask]).tolist())
-        for label, what in enumerate(TRAINING_CLASSES):
+        for label, what in enumerate(names):
             if label not in present:
                 cases_there = sorted(np.unique(cases[mask]).tolist())
                 raise DatasetError(
@@ -363,8 +408,10 @@ def _snapshot_record(
     val_fraction: float,
     max_per_class: int | None,
     balanced: bool,
+    project: ProjectDefaults | None = None,
 ) -> dict[str, Any]:
     """The Dataset's frozen fields, content hash included."""
+    project = project or defaults_for(ProjectType.LYMPH_NODE)
     slide_records = []
     versions: dict[str, int] = {}
     cases: dict[str, dict[int, dict]] = {"train": {}, "val": {}}
@@ -381,6 +428,7 @@ def _snapshot_record(
                 "case": s.node.case.accession_number,
                 "node_id": s.node_id,
                 "ground_truth": s.node.ground_truth,
+                "project_type": s.node.case.project_type,
                 "mpp": s.mpp,
                 "width": s.width,
                 "height": s.height,
@@ -410,7 +458,7 @@ def _snapshot_record(
             "cases": sorted(cases[side].values(), key=lambda c: c["id"]),
             "patches": int(mask.sum()),
             "counts": {k: int(fc[i]) for i, k in enumerate(classes) if fc[i]},
-            "training_counts": {k: int(bc[i]) for i, k in enumerate(TRAINING_CLASSES)},
+            "training_counts": {k: int(bc[i]) for i, k in enumerate(project.training_classes)},
         }
     grid = {
         "patch_px": patch_px,
@@ -434,6 +482,9 @@ def _snapshot_record(
         "classes": list(classes),
         "labels": {str(r["id"]): r["labels_sha256"] for r in slide_records},
     }
+    if project.key != ProjectType.LYMPH_NODE:  # lymph-node hashes stay as they were before types
+        payload["project_type"] = project.key
+        payload["training_classes"] = list(project.training_classes)
     content_hash = hashlib.sha256(
         json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     ).hexdigest()
@@ -449,7 +500,7 @@ def _snapshot_record(
         "max_per_class": max_per_class,
         "balanced": balanced,
         "classes": list(classes),
-        "training_classes": list(TRAINING_CLASSES),
+        "training_classes": list(project.training_classes),
         "class_counts": {k: int(fine_counts[i]) for i, k in enumerate(classes)},
         "split": split,
         "total_patches": len(all_rows),

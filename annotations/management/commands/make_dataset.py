@@ -1,4 +1,8 @@
-"""manage.py make_dataset NAME --slides 1,2,3 [--patch 40 --mpp 1.0 --max-per-class N] [--now]."""
+"""manage.py make_dataset NAME --slides 1,2,3 [--patch P --mpp M --max-per-class N] [--now].
+
+Patch size and µm/px default to the project type of the slides' cases (`slides.project_types`):
+40 px at 1.0 µm/px for lymph nodes, 256 px at 0.5 µm/px for biopsies.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +28,20 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("name")
         parser.add_argument("--slides", required=True, help="slide ids, e.g. 1,2,3")
-        parser.add_argument("--patch", type=int, default=40, help="patch side in px (default 40)")
-        parser.add_argument("--mpp", type=float, default=1.0, help="µm per px of the patches")
+        parser.add_argument(
+            "--patch",
+            type=int,
+            default=None,
+            help="patch side in px (default: the project type's, 40 for lymph nodes, 256 for "
+            "biopsies)",
+        )
+        parser.add_argument(
+            "--mpp",
+            type=float,
+            default=None,
+            help="µm per px of the patches (default: the project type's, 1.0 for lymph nodes, "
+            "0.5 for biopsies)",
+        )
         parser.add_argument(
             "--stride", type=int, default=None, help="grid stride in px (default: the patch)"
         )
@@ -57,7 +73,8 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         split = dataset.split
         self.stdout.write(
-            f"dataset {dataset.pk} {dataset.name!r}: {dataset.total_patches} patches "
+            f"dataset {dataset.pk} {dataset.name!r}: {dataset.total_patches} patches of "
+            f"{dataset.patch_px} px at {dataset.target_mpp} µm/px "
             f"({', '.join(f'{k} {v}' for k, v in dataset.class_counts.items() if v)}); "
             f"training {split['train']['patches']} from cases "
             f"{[c['accession'] for c in split['train']['cases']]}, validation "
