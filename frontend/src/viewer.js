@@ -12,6 +12,7 @@ import OpenSeadragon from "openseadragon";
 import { mountAnnotations } from "./annotations.js";
 import { mountHeatmap } from "./heatmap.js";
 import { mountGradcam } from "./gradcam.js";
+import { mountAttention } from "./attention.js";
 
 /** Round physical lengths the scale bar may show, in micrometres. */
 export const SCALE_LENGTHS_UM = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000];
@@ -306,6 +307,7 @@ export function boot(root = document) {
         mountAnnotations(viewer, { toolbar: "annotation-toolbar" }).catch((error) => console.error(error));
         mountHeatmap(viewer, viewer.nodescope.info).catch((error) => console.error(error));
         mountGradcam(viewer, viewer.nodescope.info).catch((error) => console.error(error));
+        mountAttention(viewer, viewer.nodescope.info).catch((error) => console.error(error));
       }
       whenFirstDrawn(viewer, () => {
         document.body.dataset.viewerReady = "1";
