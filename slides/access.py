@@ -37,11 +37,56 @@ def has_role(user: AnyUser, *roles: str) -> bool:
     return bool(held & set(roles))
 
 
+#: What the admin role does in Django's admin site: users (and their roles), label classes, the
+#: membership of its own labs, clinical variables, and reading the audit log. Case data stays in
+#: the app, where every view is scoped to the user's labs.
+ADMIN_SITE_PERMISSIONS = (
+    "auth.add_user",
+    "auth.change_user",
+    "auth.view_user",
+    "auth.view_group",
+    "annotations.add_labelclass",
+    "annotations.change_labelclass",
+    "annotations.view_labelclass",
+    "slides.view_lab",
+    "slides.change_lab",
+    "clinical.add_clinicalfield",
+    "clinical.change_clinicalfield",
+    "clinical.view_clinicalfield",
+    "audit.view_auditevent",
+)
+
+
+def admin_site_permissions() -> QuerySet:
+    """The Permission rows of :data:`ADMIN_SITE_PERMISSIONS` (those whose app is installed)."""
+    from django.contrib.auth.models import Permission
+    from django.db.models import Q
+
+    wanted = Q(pk__in=[])
+    for name in ADMIN_SITE_PERMISSIONS:
+        app_label, codename = name.split(".")
+        wanted |= Q(content_type__app_label=app_label, codename=codename)
+    return Permission.objects.filter(wanted)
+
+
+def sync_staff(user: AbstractBaseUser) -> None:
+    """Admins (and superusers) reach Django's admin site, within the admin group's permissions;
+    nobody else does."""
+    staff = bool(user.is_superuser) or user.groups.filter(name=Role.ADMIN.value).exists()
+    if user.is_staff != staff:
+        user.is_staff = staff
+        user.save(update_fields=["is_staff"])
+
+
 def grant_role(user: AbstractBaseUser, role: str) -> None:
-    """Put a user in the group of a role (created on first use)."""
+    """Put a user in the group of a role (created on first use); admins become staff of the
+    admin site with the admin group's permissions."""
     group, _ = Group.objects.get_or_create(name=Role(role).value)
+    if role == Role.ADMIN:
+        group.permissions.add(*admin_site_permissions())
     user.groups.add(group)
     user.__dict__.pop("_nodescope_roles", None)
+    sync_staff(user)
 
 
 def cases_for(user: AnyUser) -> QuerySet[Case]:

@@ -568,22 +568,65 @@ def test_cell(world, db, template, who, call):
         assert got == want, f"expected {want}, got {got}: {detail}"
 
 
+ADMIN_VIEW_NEEDS = {
+    "changelist": ("view", "change"),
+    "history": ("view", "change"),
+    "change": ("view", "change"),
+    "add": ("add",),
+    "delete": ("delete",),
+    "password_change": ("change",),
+}
+
+
+def admin_role_verdict(name: str) -> str | None:
+    """For an admin-role user (staff with `slides.access.ADMIN_SITE_PERMISSIONS`): 'allowed' or
+    'refused' for a model's admin view, None for the site's own pages (index, jsi18n, ...)."""
+    from django.contrib import admin as django_admin
+
+    from slides.access import ADMIN_SITE_PERMISSIONS
+
+    granted = set(ADMIN_SITE_PERMISSIONS)
+    for model in django_admin.site._registry:
+        app, model_name = model._meta.app_label, model._meta.model_name
+        prefix = f"admin:{app}_{model_name}_"
+        if name.startswith(prefix) and name[len(prefix) :] in ADMIN_VIEW_NEEDS:
+            needs = ADMIN_VIEW_NEEDS[name[len(prefix) :]]
+            ok = any(f"{app}.{action}_{model_name}" in granted for action in needs)
+            return "allowed" if ok else "refused"
+    return None
+
+
 @pytest.mark.parametrize("who", USERS)
 @pytest.mark.parametrize(("url", "route"), [pytest.param(u, r, id=u) for u, r in _admin_routes()])
-def test_admin_site_needs_staff(world, db, who, url, route):
-    """No matrix user is staff: every admin-site route but its log-in and log-out sends them
-    to the admin log-in page."""
+def test_admin_site_needs_the_admin_role(world, db, who, url, route):
+    """Only admins are staff: for everybody else every admin-site route but its log-in and
+    log-out sends them to the admin log-in page. Admins reach exactly the models their role's
+    permissions name (users, label classes, their labs, clinical variables, the audit log) and
+    are refused the rest (case data stays in the lab-scoped app)."""
     assert resolve(url).route == route
     client = world.client(who)
-    name = f"admin:{resolve(url).url_name}"
+    match = resolve(url)
+    name = f"admin:{match.url_name}"
     if name in ADMIN_PUBLIC:
         response = client.post(url) if name == "admin:logout" else client.get(url)
         assert response.status_code < 400, (url, who, response.status_code)
         return
     response = client.get(url)
-    assert response.status_code == 302 and response["Location"].startswith("/admin/login/"), (
-        f"{url} as {who}: {response.status_code} {response.get('Location')}"
-    )
+    detail = f"{url} as {who}: {response.status_code} {response.get('Location')}"
+    to_login = response.status_code == 302 and response["Location"].startswith("/admin/login/")
+    if ROLE_OF.get(who) != Role.ADMIN:
+        assert to_login, detail
+        return
+    assert not to_login and response.status_code < 500, detail
+    verdict = admin_role_verdict(name)
+    if verdict == "allowed":
+        assert response.status_code in (200, 302), detail
+    elif verdict == "refused":
+        # 403, or Django's "no such object" redirect to the index (history of a missing object)
+        refused = response.status_code in (403, 404) or (
+            response.status_code == 302 and response["Location"] == "/admin/"
+        )
+        assert refused, detail
 
 
 def test_superuser_reaches_the_admin_site_and_every_lab(world, db):
