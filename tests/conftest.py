@@ -71,3 +71,17 @@ def case(people):
 def tiny_tiff(tmp_path) -> Path:
     """A 1000 x 700 px three-level pyramidal JPEG TIFF at 0.5 µm/px."""
     return write_pyramid_tiff(tmp_path / "tiny.tiff", gradient_image(1000, 700), mpp=0.5)
+
+
+@pytest.fixture
+def eager_tasks(settings, monkeypatch):
+    """Celery tasks run in the calling process (no broker) for this test only.
+
+    The Celery app reads its configuration from Django's settings once, on first use. It is
+    loaded here before the setting changes; loading it while the setting said "eager" would keep
+    every later test of the session eager (real workers would then never see a task)."""
+    from config.celery import app
+
+    _ = app.conf.task_always_eager  # load the configuration from the real settings now
+    monkeypatch.setitem(app.conf, "task_always_eager", True)
+    settings.CELERY_TASK_ALWAYS_EAGER = True

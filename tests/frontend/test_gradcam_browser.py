@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-from config.celery import app as celery_app
 from inference.records import GradCam
 from tests.browser import browser_marks
 
@@ -16,7 +15,7 @@ pytestmark = browser_marks("viewer.js")
 
 
 @pytest.fixture
-def live_slide(transactional_db, people, case, tmp_path, settings, monkeypatch):
+def live_slide(transactional_db, people, case, tmp_path, eager_tasks):
     from tests.inference.test_scoring import (
         generated_slide,
         make_version,
@@ -24,8 +23,6 @@ def live_slide(transactional_db, people, case, tmp_path, settings, monkeypatch):
         save_weights,
     )
 
-    settings.CELERY_TASK_ALWAYS_EAGER = True
-    monkeypatch.setitem(celery_app.conf, "task_always_eager", True)
     weights = save_weights(random_dense_model(seed=1), tmp_path / "w.pt")
     make_version(weights, live=True)
     return generated_slide(case.nodes.first(), tmp_path, seed=7, tumour=True, size=(400, 300))

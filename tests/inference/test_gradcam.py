@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from config.celery import app as celery_app
 from inference.gradcam import (
     GradCamError,
     Region,
@@ -139,10 +138,8 @@ def test_clicks_take_the_window_there_snapped_to_a_quarter_window_grid():
 
 
 @pytest.fixture
-def eager(settings, monkeypatch):
+def eager(eager_tasks):
     """Tasks run in the request's process once the transaction commits (no broker)."""
-    settings.CELERY_TASK_ALWAYS_EAGER = True
-    monkeypatch.setitem(celery_app.conf, "task_always_eager", True)
 
 
 @pytest.fixture
