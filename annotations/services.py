@@ -149,7 +149,11 @@ def viewport_annotations(
     polygons.
     """
     qs = viewport_queryset(
-        slide=slide, bbox=bbox, authors=authors, class_keys=class_keys, include_deleted=include_deleted
+        slide=slide,
+        bbox=bbox,
+        authors=authors,
+        class_keys=class_keys,
+        include_deleted=include_deleted,
     )
     return drop_non_intersecting(qs, bbox)
 

@@ -188,7 +188,9 @@ class SlideAnnotations(APIView):
         # so a page can hold fewer rows than `limit` and `count` is an upper bound. Clients follow
         # `next` until it is null.
         paginator = AnnotationPagination()
-        page = services.drop_non_intersecting(paginator.paginate_queryset(candidates, request, view=self), bbox)
+        page = services.drop_non_intersecting(
+            paginator.paginate_queryset(candidates, request, view=self), bbox
+        )
         return paginator.get_paginated_response(AnnotationSerializer(page, many=True).data)
 
     @extend_schema(

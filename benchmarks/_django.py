@@ -53,13 +53,25 @@ class WSGIClient:
         if not query:
             path, _, query = path.partition("?")
         environ = {
-            "REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": query,
-            "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "HTTP_HOST": "127.0.0.1",
-            "HTTP_COOKIE": self.cookie, "HTTP_ACCEPT": self.accept,
-            "wsgi.input": io.BytesIO(b""), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
-            "wsgi.version": (1, 0), "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "8000",
+            "HTTP_HOST": "127.0.0.1",
+            "HTTP_COOKIE": self.cookie,
+            "HTTP_ACCEPT": self.accept,
+            "wsgi.input": io.BytesIO(b""),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.version": (1, 0),
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
         }
         seen: list = []
-        body = b"".join(self.app(environ, lambda status, headers, exc_info=None: seen.append((status, headers))))
+        body = b"".join(
+            self.app(environ, lambda status, headers, exc_info=None: seen.append((status, headers)))
+        )
         status, headers = seen[0]
         return status, dict(headers), body

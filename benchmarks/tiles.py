@@ -37,7 +37,9 @@ def summarise(label: str, times: list[float]) -> dict:
         "tiles_per_s": round(len(ms) / (sum(times) or 1e-9), 1),
         "n": len(ms),
     }
-    print(f"  {label:<28} p50 {out['p50_ms']:8.3f} ms   p95 {out['p95_ms']:8.3f} ms   {out['tiles_per_s']:9.1f} tiles/s")
+    print(
+        f"  {label:<28} p50 {out['p50_ms']:8.3f} ms   p95 {out['p95_ms']:8.3f} ms   {out['tiles_per_s']:9.1f} tiles/s"
+    )
     return out
 
 
@@ -54,7 +56,9 @@ def tile_addresses(slide, n: int, rng: random.Random) -> list[tuple[int, int, in
     return list(dict.fromkeys(out))
 
 
-def bench_slide(name: str, path: Path, n_tiles: int, client: WSGIClient, node, rng: random.Random) -> dict:
+def bench_slide(
+    name: str, path: Path, n_tiles: int, client: WSGIClient, node, rng: random.Random
+) -> dict:
     import large_image
     from django.core.cache import caches
 
@@ -64,7 +68,9 @@ def bench_slide(name: str, path: Path, n_tiles: int, client: WSGIClient, node, r
 
     slide = register_slide(node=node, path=path)
     addresses = tile_addresses(slide, n_tiles, rng)
-    print(f"{name}: {slide.width} x {slide.height} px, {slide.levels} levels, {len(addresses)} tiles, source {slide.source}")
+    print(
+        f"{name}: {slide.width} x {slide.height} px, {slide.levels} levels, {len(addresses)} tiles, source {slide.source}"
+    )
     path.read_bytes() if path.is_file() and path.stat().st_size < 4 * 1024**3 else None  # page cache warm for both
 
     # Baseline: large-image's getTile on an already-open source (its own tile cache off: each tile once).
@@ -79,7 +85,9 @@ def bench_slide(name: str, path: Path, n_tiles: int, client: WSGIClient, node, r
 
     caches["tiles"].clear()
     tiles.source_cache.clear()
-    client.get(f"/api/slides/{slide.pk}/tiles/0/0/0.jpg")  # opens the source and checks access, as a running server has
+    client.get(
+        f"/api/slides/{slide.pk}/tiles/0/0/0.jpg"
+    )  # opens the source and checks access, as a running server has
     caches["tiles"].clear()
     cold, warm, native = [], [], 0
     for z, x, y in addresses:
@@ -100,14 +108,22 @@ def bench_slide(name: str, path: Path, n_tiles: int, client: WSGIClient, node, r
         "endpoint_warm": summarise("endpoint, warm cache", warm),
         "native_share": round(native / len(addresses), 3),
     }
-    result["cold_p50_ratio"] = round(result["endpoint_cold"]["p50_ms"] / result["raw_getTile"]["p50_ms"], 3)
-    print(f"  endpoint cold p50 / getTile p50 = {result['cold_p50_ratio']:.3f} (goal <= 1.2); warm p50 {result['endpoint_warm']['p50_ms']:.3f} ms (goal < 5)")
+    result["cold_p50_ratio"] = round(
+        result["endpoint_cold"]["p50_ms"] / result["raw_getTile"]["p50_ms"], 3
+    )
+    print(
+        f"  endpoint cold p50 / getTile p50 = {result['cold_p50_ratio']:.3f} (goal <= 1.2); warm p50 {result['endpoint_warm']['p50_ms']:.3f} ms (goal < 5)"
+    )
     return result
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small generated slide, fewer tiles (CI)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small generated slide, fewer tiles (CI)"
+    )
     parser.add_argument("--tiles", type=int, default=None, help="tiles per slide")
     parser.add_argument("--size", type=int, default=None, help="generated slide side in px")
     args = parser.parse_args()
@@ -133,7 +149,9 @@ def main() -> None:
     results: dict = {"mode": "quick" if args.quick else "full"}
     svs = ROOT.parent / "shared" / "data" / "cmu-1-small-region" / "CMU-1-Small-Region.svs"
     if svs.exists():
-        results["svs"] = bench_slide("CMU-1 SVS (real)", svs, n_tiles, client, case.nodes.get(label="svs"), rng)
+        results["svs"] = bench_slide(
+            "CMU-1 SVS (real)", svs, n_tiles, client, case.nodes.get(label="svs"), rng
+        )
     else:
         print("CMU-1 SVS not found (../shared/data missing): skipped")
 
@@ -142,7 +160,9 @@ def main() -> None:
     generated = cache_dir / f"generated-{size}.tiff"
     if not generated.exists():
         t0 = time.perf_counter()
-        print(f"generating a {size} x {size} px synthetic slide (kept in {cache_dir} for later runs)...")
+        print(
+            f"generating a {size} x {size} px synthetic slide (kept in {cache_dir} for later runs)..."
+        )
         generate_slide(generated, width=size, height=size, mpp=0.25, seed=5, tumour=True)
         print(f"  generated in {time.perf_counter() - t0:.1f} s")
     results["generated"] = bench_slide(

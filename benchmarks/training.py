@@ -36,7 +36,9 @@ def make_patches(n: int, size: int, seed: int = 0):
     return images, labels
 
 
-def bare_loop(images, labels, *, train_idx, val_idx, model_kwargs, recipe, epochs: int, device) -> list[float]:
+def bare_loop(
+    images, labels, *, train_idx, val_idx, model_kwargs, recipe, epochs: int, device
+) -> list[float]:
     """The same model and work in a plain loop; returns seconds per epoch."""
     import torch
 
@@ -44,8 +46,12 @@ def bare_loop(images, labels, *, train_idx, val_idx, model_kwargs, recipe, epoch
     from inference.models import build_model
 
     torch.manual_seed(0)
-    model = build_model("mobilenetv2", num_classes=2, input_size=images.shape[1], **model_kwargs).to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
+    model = build_model(
+        "mobilenetv2", num_classes=2, input_size=images.shape[1], **model_kwargs
+    ).to(device)
+    optimiser = torch.optim.Adam(
+        model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay
+    )
     augment = recipe.augmenter()
     x_all = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     y_all = torch.from_numpy(labels.astype("int64"))
@@ -57,7 +63,9 @@ def bare_loop(images, labels, *, train_idx, val_idx, model_kwargs, recipe, epoch
         order = train_idx[torch.randperm(len(train_idx)).numpy()]
         for i in range(0, len(order), recipe.batch_size):
             idx = order[i : i + recipe.batch_size]
-            x = normalize(augment(to_float(x_all[idx].to(device))), mean=recipe.mean, std=recipe.std)
+            x = normalize(
+                augment(to_float(x_all[idx].to(device))), mean=recipe.mean, std=recipe.std
+            )
             loss = loss_fn(model(x), y_all[idx].to(device))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -66,7 +74,9 @@ def bare_loop(images, labels, *, train_idx, val_idx, model_kwargs, recipe, epoch
         with torch.inference_mode():
             for i in range(0, len(val_idx), recipe.eval_batch_size):
                 idx = val_idx[i : i + recipe.eval_batch_size]
-                model(normalize(to_float(x_all[idx].to(device)), mean=recipe.mean, std=recipe.std)).softmax(1)
+                model(
+                    normalize(to_float(x_all[idx].to(device)), mean=recipe.mean, std=recipe.std)
+                ).softmax(1)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
@@ -74,7 +84,9 @@ def bare_loop(images, labels, *, train_idx, val_idx, model_kwargs, recipe, epoch
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--patches", type=int)
     args = parser.parse_args()
@@ -94,23 +106,42 @@ def main() -> None:
     settings.RESULTS_DIR = var / "results"
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     images, labels = make_patches(n, size)
-    recipe_overrides = {"max_epochs": epochs, "early_stopping_patience": 10, "model_kwargs": model_kwargs, "seed": 0}
+    recipe_overrides = {
+        "max_epochs": epochs,
+        "early_stopping_patience": 10,
+        "model_kwargs": model_kwargs,
+        "seed": 0,
+    }
     recipe = TrainingRecipe.from_dict(recipe_overrides)
     split = split_indices(labels=labels, val_fraction=0.1, seed=0)
     n_epoch_images = len(split.train) + len(split.val)
-    print(f"{n} patches of {size} px (train {len(split.train)}, val {len(split.val)}), MobileNetV2 {model_kwargs}, "
-          f"batch {recipe.batch_size}, device {device}, torch threads {torch.get_num_threads()}")
+    print(
+        f"{n} patches of {size} px (train {len(split.train)}, val {len(split.val)}), MobileNetV2 {model_kwargs}, "
+        f"batch {recipe.batch_size}, device {device}, torch threads {torch.get_num_threads()}"
+    )
 
-    bare = bare_loop(images, labels, train_idx=split.train, val_idx=split.val, model_kwargs=model_kwargs,
-                     recipe=recipe, epochs=epochs, device=device)
+    bare = bare_loop(
+        images,
+        labels,
+        train_idx=split.train,
+        val_idx=split.val,
+        model_kwargs=model_kwargs,
+        recipe=recipe,
+        epochs=epochs,
+        device=device,
+    )
     tmp = Path(tempfile.mkdtemp(prefix="nodescope-train-bench-"))
     np.savez(tmp / "patches.npz", images=images, labels=labels)
-    memory = epoch_times_via_path({"kind": "arrays", "path": str(tmp / "patches.npz"), "val_fraction": 0.1}, recipe_overrides)
+    memory = epoch_times_via_path(
+        {"kind": "arrays", "path": str(tmp / "patches.npz"), "val_fraction": 0.1}, recipe_overrides
+    )
     disk_dir = tmp / "extracted"
     disk_dir.mkdir()
     np.save(disk_dir / "images.npy", images)
     np.save(disk_dir / "labels.npy", labels)
-    disk = epoch_times_via_path({"kind": "arrays", "path": str(disk_dir), "val_fraction": 0.1}, recipe_overrides)
+    disk = epoch_times_via_path(
+        {"kind": "arrays", "path": str(disk_dir), "val_fraction": 0.1}, recipe_overrides
+    )
 
     def ips(times: list[float]) -> float:
         return n_epoch_images / times[-1]
@@ -122,11 +153,19 @@ def main() -> None:
         "run_path_images_per_s": round(ips(memory), 1),
         "run_path_from_disk_images_per_s": round(ips(disk), 1),
     }
-    figures["ratio_run_path"] = round(figures["run_path_images_per_s"] / figures["bare_images_per_s"], 3)
-    figures["ratio_from_disk"] = round(figures["run_path_from_disk_images_per_s"] / figures["bare_images_per_s"], 3)
+    figures["ratio_run_path"] = round(
+        figures["run_path_images_per_s"] / figures["bare_images_per_s"], 3
+    )
+    figures["ratio_from_disk"] = round(
+        figures["run_path_from_disk_images_per_s"] / figures["bare_images_per_s"], 3
+    )
     print(f"  bare PyTorch loop           {figures['bare_images_per_s']:9.1f} images/s")
-    print(f"  TrainingRun path (memory)   {figures['run_path_images_per_s']:9.1f} images/s  ratio {figures['ratio_run_path']:.3f} (goal >= 0.9)")
-    print(f"  TrainingRun path (mmap npy) {figures['run_path_from_disk_images_per_s']:9.1f} images/s  ratio {figures['ratio_from_disk']:.3f} (goal >= 0.8)")
+    print(
+        f"  TrainingRun path (memory)   {figures['run_path_images_per_s']:9.1f} images/s  ratio {figures['ratio_run_path']:.3f} (goal >= 0.9)"
+    )
+    print(
+        f"  TrainingRun path (mmap npy) {figures['run_path_from_disk_images_per_s']:9.1f} images/s  ratio {figures['ratio_from_disk']:.3f} (goal >= 0.8)"
+    )
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)
@@ -141,7 +180,9 @@ def epoch_times_via_path(source: dict, recipe: dict) -> list[float]:
 
     totals = []
     for epochs in (1, 2):
-        run = launch_training(dataset_source=source, recipe={**recipe, "max_epochs": epochs}, enqueue=False)
+        run = launch_training(
+            dataset_source=source, recipe={**recipe, "max_epochs": epochs}, enqueue=False
+        )
         t0 = time.perf_counter()
         execute_training_run(run_id=run.pk)
         totals.append(time.perf_counter() - t0)

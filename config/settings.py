@@ -26,7 +26,9 @@ if not SECRET_KEY:
     # Embedded demo and tests only: production sets NODESCOPE_REQUIRE_SECRET_KEY=1.
     SECRET_KEY = "nodescope-insecure-demo-key-change-me"
 
-ALLOWED_HOSTS = [h for h in env_str("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",") if h]
+ALLOWED_HOSTS = [
+    h for h in env_str("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",") if h
+]
 CSRF_TRUSTED_ORIGINS = [o for o in env_str("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 
 INSTALLED_APPS = [
@@ -103,7 +105,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": 10},
+    },
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
@@ -142,7 +147,10 @@ TILE_JPEG_QUALITY = env_int("NODESCOPE_TILE_JPEG_QUALITY", 85)
 REDIS_CACHE_URL = env_str("REDIS_CACHE_URL", "")
 if REDIS_CACHE_URL:
     CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_CACHE_URL},
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_CACHE_URL,
+        },
     }
 else:
     CACHES = {
@@ -154,9 +162,15 @@ else:
     }
 # Encoded tiles live in their own cache alias so they can be sized or moved to Redis separately.
 CACHES["tiles"] = {
-    "BACKEND": "django.core.cache.backends.redis.RedisCache" if REDIS_CACHE_URL else "django.core.cache.backends.locmem.LocMemCache",
+    "BACKEND": "django.core.cache.backends.redis.RedisCache"
+    if REDIS_CACHE_URL
+    else "django.core.cache.backends.locmem.LocMemCache",
     "LOCATION": REDIS_CACHE_URL or "nodescope-tiles",
-    **({} if REDIS_CACHE_URL else {"OPTIONS": {"MAX_ENTRIES": env_int("NODESCOPE_TILE_CACHE_ENTRIES", 50000)}}),
+    **(
+        {}
+        if REDIS_CACHE_URL
+        else {"OPTIONS": {"MAX_ENTRIES": env_int("NODESCOPE_TILE_CACHE_ENTRIES", 50000)}}
+    ),
     "TIMEOUT": TILE_CACHE_SECONDS,
 }
 
@@ -195,7 +209,9 @@ CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     # An unreachable broker host fails a connection attempt in seconds instead of hanging.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": env_int("CELERY_BROKER_CONNECT_TIMEOUT", 5)}
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "socket_connect_timeout": env_int("CELERY_BROKER_CONNECT_TIMEOUT", 5)
+    }
     CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = env_int("CELERY_BROKER_CONNECT_TIMEOUT", 5)
 
 REST_FRAMEWORK = {

@@ -153,7 +153,13 @@ def heatmap_tilesource(request: HttpRequest, pk: int) -> HttpResponse:
         return slide
     if not request.GET.get("heatmap") and not _live_heatmap_exists(slide.pk):
         # Not an error: the slide exists and is simply not scored yet (the viewer says "none yet").
-        return JsonResponse({"id": None, "slide": slide.pk, "detail": "This slide has no heat map from the live model yet"})
+        return JsonResponse(
+            {
+                "id": None,
+                "slide": slide.pk,
+                "detail": "This slide has no heat map from the live model yet",
+            }
+        )
     row = _requested_heatmap(request, slide.pk)
     heatmap = (
         HeatMap.objects.select_related("model_version", "secondary_version", "scoring_run")

@@ -332,7 +332,9 @@ def _check_mil_request(dataset_source, architecture, recipe) -> str:
     from .mil_jobs import check_mil_request
 
     try:
-        check_mil_request(dataset_source=dataset_source, architecture=architecture, recipe=recipe or {})
+        check_mil_request(
+            dataset_source=dataset_source, architecture=architecture, recipe=recipe or {}
+        )
     except MILError as exc:
         raise TrainingRequestError(str(exc)) from exc
     return MIL_STAGE

@@ -7,11 +7,16 @@ from html import escape
 W, H, PAD = 360, 300, 40
 
 
-def _path(xs: list[float], ys: list[float], x_range: tuple[float, float], y_range: tuple[float, float]) -> str:
+def _path(
+    xs: list[float], ys: list[float], x_range: tuple[float, float], y_range: tuple[float, float]
+) -> str:
     (x0, x1), (y0, y1) = x_range, y_range
     sx = (W - 2 * PAD) / ((x1 - x0) or 1)
     sy = (H - 2 * PAD) / ((y1 - y0) or 1)
-    points = [f"{PAD + (x - x0) * sx:.1f},{H - PAD - (y - y0) * sy:.1f}" for x, y in zip(xs, ys, strict=False)]
+    points = [
+        f"{PAD + (x - x0) * sx:.1f},{H - PAD - (y - y0) * sy:.1f}"
+        for x, y in zip(xs, ys, strict=False)
+    ]
     return "M" + " L".join(points) if points else ""
 
 

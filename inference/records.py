@@ -40,13 +40,17 @@ class TrainingRun(models.Model):
     architecture = models.CharField(max_length=40, default="mobilenetv2")
     stage = models.CharField(max_length=20, choices=Stage.choices, default=Stage.PRIMARY)
     recipe = models.JSONField(default=dict, blank=True, help_text="TrainingRecipe overrides")
-    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    status = models.CharField(
+        max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True
+    )
     status_reason = models.TextField(blank=True)
     progress = models.JSONField(default=dict, blank=True)
     cancel_requested = models.BooleanField(default=False)
     attempts = models.PositiveSmallIntegerField(default=0)
     worker = models.CharField(max_length=200, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="last sign of life from its worker")
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="last sign of life from its worker"
+    )
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -74,7 +78,10 @@ class TrainingRun(models.Model):
             status=self.Status.RUNNING, heartbeat_at__lt=self.stale_before()
         )
         won = TrainingRun.objects.filter(claimable, pk=self.pk, cancel_requested=False).update(
-            status=self.Status.RUNNING, worker=worker, started_at=now, heartbeat_at=now,
+            status=self.Status.RUNNING,
+            worker=worker,
+            started_at=now,
+            heartbeat_at=now,
             attempts=models.F("attempts") + 1,
         )
         if won:
@@ -93,7 +100,9 @@ class TrainingRun(models.Model):
         with transaction.atomic():
             TrainingRun.objects.filter(pk=self.pk).update(cancel_requested=True)
             TrainingRun.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
-                status=self.Status.CANCELLED, status_reason="cancelled before it started", finished_at=timezone.now()
+                status=self.Status.CANCELLED,
+                status_reason="cancelled before it started",
+                finished_at=timezone.now(),
             )
         self.refresh_from_db()
 
@@ -101,7 +110,9 @@ class TrainingRun(models.Model):
 class ModelVersion(models.Model):
     """A trained model with its evidence. Created only when its TrainingRun succeeded."""
 
-    training_run = models.OneToOneField(TrainingRun, on_delete=models.PROTECT, related_name="model_version")
+    training_run = models.OneToOneField(
+        TrainingRun, on_delete=models.PROTECT, related_name="model_version"
+    )
     name = models.CharField(max_length=120, unique=True)
     architecture = models.CharField(max_length=40)
     stage = models.CharField(max_length=20, choices=Stage.choices)
@@ -119,10 +130,14 @@ class ModelVersion(models.Model):
     device = models.CharField(max_length=40, blank=True)
     training_seconds = models.FloatField(default=0)
     # Locked operating point from validation nodes (see inference.thresholds).
-    threshold = models.FloatField(null=True, blank=True, help_text="node positive at or above this score")
+    threshold = models.FloatField(
+        null=True, blank=True, help_text="node positive at or above this score"
+    )
     threshold_method = models.CharField(max_length=80, blank=True)
     threshold_metrics = models.JSONField(
-        default=dict, blank=True, help_text="sensitivity, specificity, accuracy with bootstrap 95% CIs"
+        default=dict,
+        blank=True,
+        help_text="sensitivity, specificity, accuracy with bootstrap 95% CIs",
     )
     is_live = models.BooleanField(default=False)
     promoted_at = models.DateTimeField(null=True, blank=True)
@@ -134,7 +149,9 @@ class ModelVersion(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [
-            models.UniqueConstraint(fields=["stage"], condition=models.Q(is_live=True), name="one_live_model_per_stage")
+            models.UniqueConstraint(
+                fields=["stage"], condition=models.Q(is_live=True), name="one_live_model_per_stage"
+            )
         ]
 
     def __str__(self) -> str:
@@ -155,9 +172,15 @@ class ScoringRun(models.Model):
         IMPORT = "import", "Slide imported"
         MANUAL = "manual", "Manual"
 
-    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="scoring_runs")
+    model_version = models.ForeignKey(
+        ModelVersion, on_delete=models.PROTECT, related_name="scoring_runs"
+    )
     secondary_version = models.ForeignKey(
-        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="secondary_scoring_runs"
+        ModelVersion,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="secondary_scoring_runs",
     )
     threshold = models.FloatField(null=True, blank=True)
     trigger = models.CharField(max_length=20, choices=Trigger.choices, default=Trigger.MANUAL)
@@ -197,7 +220,11 @@ class SlideScoring(models.Model):
     seconds = models.FloatField(null=True, blank=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["scoring_run", "slide"], name="one_job_per_slide_per_run")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["scoring_run", "slide"], name="one_job_per_slide_per_run"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"slide {self.slide_id} in scoring run {self.scoring_run_id} ({self.status})"
@@ -207,11 +234,15 @@ class HeatMap(models.Model):
     """A slide's tumour-probability raster (one value per stride cell), written atomically."""
 
     slide = models.ForeignKey("slides.Slide", on_delete=models.CASCADE, related_name="heatmaps")
-    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="heatmaps")
+    model_version = models.ForeignKey(
+        ModelVersion, on_delete=models.PROTECT, related_name="heatmaps"
+    )
     secondary_version = models.ForeignKey(
         ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
-    scoring_run = models.ForeignKey(ScoringRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="heatmaps")
+    scoring_run = models.ForeignKey(
+        ScoringRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="heatmaps"
+    )
     raster_path = models.CharField(max_length=1024)
     stride_px = models.FloatField(help_text="level-0 px per raster cell")
     window_px = models.FloatField(help_text="level-0 px of the classifier window")
@@ -233,12 +264,20 @@ class NodeScore(models.Model):
     """A node's score (the maximum pixel score over its slides) from one model version."""
 
     node = models.ForeignKey("slides.Node", on_delete=models.CASCADE, related_name="scores")
-    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="node_scores")
-    scoring_run = models.ForeignKey(ScoringRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="node_scores")
+    model_version = models.ForeignKey(
+        ModelVersion, on_delete=models.PROTECT, related_name="node_scores"
+    )
+    scoring_run = models.ForeignKey(
+        ScoringRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="node_scores"
+    )
     score = models.FloatField()
     threshold = models.FloatField(null=True, blank=True)
-    screened_positive = models.BooleanField(null=True, help_text="score >= threshold; null without a threshold")
-    max_heatmap = models.ForeignKey(HeatMap, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    screened_positive = models.BooleanField(
+        null=True, help_text="score >= threshold; null without a threshold"
+    )
+    max_heatmap = models.ForeignKey(
+        HeatMap, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     max_x = models.FloatField(null=True, blank=True)
     max_y = models.FloatField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -265,18 +304,26 @@ class GradCam(models.Model):
     FINISHED = (Status.SUCCEEDED, Status.FAILED)
 
     slide = models.ForeignKey("slides.Slide", on_delete=models.CASCADE, related_name="gradcams")
-    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="gradcams")
+    model_version = models.ForeignKey(
+        ModelVersion, on_delete=models.PROTECT, related_name="gradcams"
+    )
     x = models.PositiveIntegerField(help_text="level-0 px of the region's left edge")
     y = models.PositiveIntegerField()
     width = models.PositiveIntegerField(help_text="level-0 px")
     height = models.PositiveIntegerField()
     window_px = models.FloatField(help_text="level-0 px of the classifier window")
-    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    status = models.CharField(
+        max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True
+    )
     status_reason = models.TextField(blank=True)
     raster_path = models.CharField(max_length=1024, blank=True)
     overlay_path = models.CharField(max_length=1024, blank=True)
-    windows = models.PositiveIntegerField(default=0, help_text="classifier windows the region was cut into")
-    max_probability = models.FloatField(null=True, blank=True, help_text="highest tumour probability of a window")
+    windows = models.PositiveIntegerField(
+        default=0, help_text="classifier windows the region was cut into"
+    )
+    max_probability = models.FloatField(
+        null=True, blank=True, help_text="highest tumour probability of a window"
+    )
     peak_x = models.FloatField(null=True, blank=True, help_text="level-0 x of the map's maximum")
     peak_y = models.FloatField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)

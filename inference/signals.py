@@ -15,4 +15,6 @@ def _score_new_slide(sender, instance: Slide, created: bool, raw: bool = False, 
         return
     from .rescoring import score_imported_slides
 
-    transaction.on_commit(lambda: score_imported_slides(slides=[instance.pk], user=instance.imported_by))
+    transaction.on_commit(
+        lambda: score_imported_slides(slides=[instance.pk], user=instance.imported_by)
+    )

@@ -56,7 +56,12 @@ class NodeInline(admin.TabularInline):
 @admin.register(Case)
 class CaseAdmin(admin.ModelAdmin):
     list_display = [
-        "accession_number", "patient_pseudonym", "lab", "project_type", "status", "created_at"
+        "accession_number",
+        "patient_pseudonym",
+        "lab",
+        "project_type",
+        "status",
+        "created_at",
     ]
     list_filter = ["lab", "project_type", "status"]
     search_fields = ["accession_number", "patient_pseudonym"]
@@ -65,6 +70,15 @@ class CaseAdmin(admin.ModelAdmin):
 
 @admin.register(Slide)
 class SlideAdmin(admin.ModelAdmin):
-    list_display = ["name", "node", "source", "width", "height", "mpp_x", "magnification", "synthetic"]
+    list_display = [
+        "name",
+        "node",
+        "source",
+        "width",
+        "height",
+        "mpp_x",
+        "magnification",
+        "synthetic",
+    ]
     list_filter = ["source", "synthetic"]
     readonly_fields = [f.name for f in Slide._meta.fields]

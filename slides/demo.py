@@ -74,7 +74,14 @@ def load_demo(*, size: int = 6000, progress: Callable[[str], None] = print) -> D
         if not path.exists():
             progress(f"generating synthetic slide {name} ({size} x {size} px)")
             generate_slide(path, width=size, height=size, mpp=0.5, seed=seed, tumour=tumour)
-        rows.append({"case": case, "node": node, "file": name, "status": "positive" if tumour else "negative"})
+        rows.append(
+            {
+                "case": case,
+                "node": node,
+                "file": name,
+                "status": "positive" if tumour else "negative",
+            }
+        )
     manifest = folder / "manifest.csv"
     _write_manifest(manifest, rows)
     report = import_manifest(manifest=manifest, lab=lab, create_missing=True, synthetic=True)
@@ -82,9 +89,24 @@ def load_demo(*, size: int = 6000, progress: Callable[[str], None] = print) -> D
     cmu = SHARED_DATA / "cmu-1-small-region"
     if cmu.exists():
         real_rows = [
-            {"case": "CMU-1 (real H&E, skin)", "node": "SVS", "file": str(cmu / "CMU-1-Small-Region.svs"), "status": ""},
-            {"case": "CMU-1 (real H&E, skin)", "node": "pyramidal TIFF", "file": str(cmu / "CMU-1-Small-Region.pyramid.tiff"), "status": ""},
-            {"case": "CMU-1 (real H&E, skin)", "node": "DICOM", "file": str(cmu / "dicom"), "status": ""},
+            {
+                "case": "CMU-1 (real H&E, skin)",
+                "node": "SVS",
+                "file": str(cmu / "CMU-1-Small-Region.svs"),
+                "status": "",
+            },
+            {
+                "case": "CMU-1 (real H&E, skin)",
+                "node": "pyramidal TIFF",
+                "file": str(cmu / "CMU-1-Small-Region.pyramid.tiff"),
+                "status": "",
+            },
+            {
+                "case": "CMU-1 (real H&E, skin)",
+                "node": "DICOM",
+                "file": str(cmu / "dicom"),
+                "status": "",
+            },
         ]
         real_manifest = folder / "manifest-real.csv"
         _write_manifest(real_manifest, real_rows)

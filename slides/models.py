@@ -81,7 +81,9 @@ class Node(models.Model):
 
     class Meta:
         ordering = ["case_id", "label"]
-        constraints = [models.UniqueConstraint(fields=["case", "label"], name="node_label_unique_in_case")]
+        constraints = [
+            models.UniqueConstraint(fields=["case", "label"], name="node_label_unique_in_case")
+        ]
 
     def __str__(self) -> str:
         return f"{self.case.accession_number} / {self.label}"

@@ -40,7 +40,9 @@ class _StoredLevel:
 class NativeJpegTiles:
     """Map large-image z levels to stored JPEG levels of a tiled TIFF, and read their tiles raw."""
 
-    def __init__(self, path: str, *, width: int, height: int, levels: int, tile_width: int, tile_height: int):
+    def __init__(
+        self, path: str, *, width: int, height: int, levels: int, tile_width: int, tile_height: int
+    ):
         self._levels: dict[int, _StoredLevel] = {}
         self._fd: int | None = None
         try:

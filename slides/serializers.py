@@ -17,9 +17,28 @@ class SlideSerializer(serializers.ModelSerializer):
     class Meta:
         model = Slide
         fields = [
-            "id", "node", "name", "source", "vendor", "checksum", "file_size", "width", "height",
-            "levels", "tile_width", "tile_height", "mpp", "mpp_x", "mpp_y", "magnification",
-            "synthetic", "imported_at", "tilesource_url", "thumbnail_url", "file_path", "associated_images",
+            "id",
+            "node",
+            "name",
+            "source",
+            "vendor",
+            "checksum",
+            "file_size",
+            "width",
+            "height",
+            "levels",
+            "tile_width",
+            "tile_height",
+            "mpp",
+            "mpp_x",
+            "mpp_y",
+            "magnification",
+            "synthetic",
+            "imported_at",
+            "tilesource_url",
+            "thumbnail_url",
+            "file_path",
+            "associated_images",
         ]
         read_only_fields = fields
 
@@ -55,8 +74,14 @@ class CaseSerializer(serializers.ModelSerializer):
     class Meta:
         model = Case
         fields = [
-            "id", "lab", "accession_number", "patient_pseudonym", "status", "project_type",
-            "created_at", "node_count",
+            "id",
+            "lab",
+            "accession_number",
+            "patient_pseudonym",
+            "status",
+            "project_type",
+            "created_at",
+            "node_count",
         ]
         read_only_fields = fields
 

@@ -24,7 +24,9 @@ def register_slide_task(node_id: int, path: str, user_id: int | None = None) -> 
 
 
 @shared_task(name="slides.import_manifest", acks_late=True)
-def import_manifest_task(manifest: str, lab_id: int | None = None, create_missing: bool = False) -> dict:
+def import_manifest_task(
+    manifest: str, lab_id: int | None = None, create_missing: bool = False
+) -> dict:
     """Import a manifest in the background; the result lists what failed and why."""
     lab = Lab.objects.filter(pk=lab_id).first() if lab_id else None
     report = import_manifest(manifest=Path(manifest), lab=lab, create_missing=create_missing)

@@ -75,8 +75,11 @@ class TileNotFound(Exception):
 
 def open_slide(slide: Slide) -> OpenSlide:
     geometry = {
-        "width": slide.width, "height": slide.height, "levels": slide.levels,
-        "tile_width": slide.tile_width, "tile_height": slide.tile_height,
+        "width": slide.width,
+        "height": slide.height,
+        "levels": slide.levels,
+        "tile_width": slide.tile_width,
+        "tile_height": slide.tile_height,
     }
     return source_cache.get(slide.pk, slide.checksum, slide.file_path, geometry)
 
@@ -90,7 +93,17 @@ def tile_etag(checksum: str, z: int, x: int, y: int) -> str:
     return f'"{checksum[:20]}-{z}-{x}-{y}"'
 
 
-def tile_in_pyramid(*, width: int, height: int, levels: int, tile_width: int, tile_height: int, z: int, x: int, y: int) -> bool:
+def tile_in_pyramid(
+    *,
+    width: int,
+    height: int,
+    levels: int,
+    tile_width: int,
+    tile_height: int,
+    z: int,
+    x: int,
+    y: int,
+) -> bool:
     """True if (z, x, y) addresses a tile of large-image's pyramid for a slide of this geometry."""
     if not 0 <= z < levels or x < 0 or y < 0:
         return False
@@ -103,8 +116,14 @@ def tile_in_pyramid(*, width: int, height: int, levels: int, tile_width: int, ti
 def get_tile(slide: Slide, z: int, x: int, y: int, *, use_cache: bool = True) -> bytes:
     """JPEG bytes of one tile (large-image z/x/y), from the tile cache or the slide file."""
     if not tile_in_pyramid(
-        width=slide.width, height=slide.height, levels=slide.levels,
-        tile_width=slide.tile_width, tile_height=slide.tile_height, z=z, x=x, y=y,
+        width=slide.width,
+        height=slide.height,
+        levels=slide.levels,
+        tile_width=slide.tile_width,
+        tile_height=slide.tile_height,
+        z=z,
+        x=x,
+        y=y,
     ):
         raise TileNotFound(f"tile {z}/{x}/{y} is outside the pyramid of slide {slide.pk}")
     cache = caches["tiles"]
@@ -134,7 +153,9 @@ def get_thumbnail(slide: Slide, *, max_size: int = 256) -> bytes:
     key = f"thumb:{slide.checksum[:24]}:{max_size}"
     data = cache.get(key)
     if data is None:
-        data, _mime = source_for(slide).getThumbnail(width=max_size, height=max_size, encoding="JPEG")
+        data, _mime = source_for(slide).getThumbnail(
+            width=max_size, height=max_size, encoding="JPEG"
+        )
         data = bytes(data)
         cache.set(key, data)
     return data

@@ -20,6 +20,10 @@ api_urls = [
     path("slides/<int:pk>/tiles/<int:z>/<int:x>/<int:y>.jpg", views.slide_tile, name="slide-tile"),
     path("slides/<int:pk>/tilesource/", views.slide_tilesource, name="slide-tilesource"),
     path("slides/<int:pk>/thumbnail.jpg", views.slide_thumbnail, name="slide-thumbnail"),
-    path("slides/<int:pk>/associated/<slug:name>.jpg", views.slide_associated_image, name="slide-associated"),
+    path(
+        "slides/<int:pk>/associated/<slug:name>.jpg",
+        views.slide_associated_image,
+        name="slide-associated",
+    ),
     path("", include(router.urls)),
 ]

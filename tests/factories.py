@@ -23,8 +23,12 @@ def make_user(username: str, *, role: str | None, lab: Lab | None):
     return user
 
 
-def make_case(lab: Lab, accession: str = "S26-0001", *, nodes: tuple[str, ...] = ("level II, node 1",)) -> Case:
-    case = Case.objects.create(lab=lab, accession_number=accession, patient_pseudonym="PX-" + accession)
+def make_case(
+    lab: Lab, accession: str = "S26-0001", *, nodes: tuple[str, ...] = ("level II, node 1",)
+) -> Case:
+    case = Case.objects.create(
+        lab=lab, accession_number=accession, patient_pseudonym="PX-" + accession
+    )
     for label in nodes:
         Node.objects.create(case=case, label=label)
     return case
@@ -62,7 +66,8 @@ def gradient_image(width: int, height: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
     img = np.stack(
-        [(xx * 255 // max(width - 1, 1)), (yy * 255 // max(height - 1, 1)), ((xx + yy) % 256)], axis=-1
+        [(xx * 255 // max(width - 1, 1)), (yy * 255 // max(height - 1, 1)), ((xx + yy) % 256)],
+        axis=-1,
     ).astype(np.uint8)
     noise = rng.integers(0, 20, size=img.shape, dtype=np.uint8)
     return np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)

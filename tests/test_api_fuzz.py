@@ -19,7 +19,9 @@ MIN_REQUESTS = 1000
 
 
 @pytest.mark.timeout(900)
-def test_api_has_no_server_errors_under_generated_requests(live_server, people, case, tiny_tiff, tmp_path):
+def test_api_has_no_server_errors_under_generated_requests(
+    live_server, people, case, tiny_tiff, tmp_path
+):
     st = Path(sys.executable).with_name("st")
     if not st.exists() and not shutil.which("st"):
         pytest.skip("schemathesis is not installed")
@@ -34,13 +36,31 @@ def test_api_has_no_server_errors_under_generated_requests(live_server, people, 
     per_operation = max(30, -(-MIN_REQUESTS * 6 // 5 // max(operations, 1)))
     result = subprocess.run(
         [
-            str(st), "run", str(schema_path), "--url", live_server.url,
-            "-H", f"Authorization: Token {token.key}",
-            "--checks", "not_a_server_error", "--max-examples", str(per_operation),
-            "--seed", "20261122", "--workers", "1", "--request-timeout", "30",
-            "--report", "ndjson", "--report-ndjson-path", str(tmp_path / "events.ndjson"),
+            str(st),
+            "run",
+            str(schema_path),
+            "--url",
+            live_server.url,
+            "-H",
+            f"Authorization: Token {token.key}",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            str(per_operation),
+            "--seed",
+            "20261122",
+            "--workers",
+            "1",
+            "--request-timeout",
+            "30",
+            "--report",
+            "ndjson",
+            "--report-ndjson-path",
+            str(tmp_path / "events.ndjson"),
         ],
-        capture_output=True, text=True, timeout=880,
+        capture_output=True,
+        text=True,
+        timeout=880,
     )
     output = result.stdout + result.stderr
     (tmp_path / "schemathesis.txt").write_text(output)

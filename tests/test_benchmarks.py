@@ -18,13 +18,18 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_tiles_benchmark_quick_mode_prints_json_last():
     result = subprocess.run(
         [sys.executable, "benchmarks/tiles.py", "--quick", "--tiles", "40", "--size", "3000"],
-        cwd=ROOT, capture_output=True, text=True, timeout=280,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     generated = figures["generated"]
     assert generated["endpoint_cold"]["n"] == generated["raw_getTile"]["n"] > 0
-    assert generated["native_share"] > 0.5  # generated TIFFs store YCbCr JPEG tiles that pass through
+    assert (
+        generated["native_share"] > 0.5
+    )  # generated TIFFs store YCbCr JPEG tiles that pass through
     assert "cold_p50_ratio" in generated
 
 
@@ -61,7 +66,10 @@ def test_queues_benchmark_quick_mode_prints_json_last():
         pytest.skip(reason)
     result = subprocess.run(
         [sys.executable, "benchmarks/queues.py", "--quick", "--cases", "40", "--requests", "5"],
-        cwd=ROOT, capture_output=True, text=True, timeout=280,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
         env={**os.environ, "DATABASE_URL": url},
     )
     assert result.returncode == 0, result.stderr[-2000:] + result.stdout[-2000:]

@@ -27,7 +27,9 @@ def test_compose_file_validates():
         pytest.skip("no docker compose client on this machine")
     result = subprocess.run(
         [*command, "-f", str(COMPOSE), "config", "--quiet"],
-        capture_output=True, text=True, env={"SECRET_KEY": "test", "PATH": "/usr/bin:/bin:/usr/local/bin"},
+        capture_output=True,
+        text=True,
+        env={"SECRET_KEY": "test", "PATH": "/usr/bin:/bin:/usr/local/bin"},
     )
     assert result.returncode == 0, result.stderr
 

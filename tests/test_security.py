@@ -70,7 +70,9 @@ def test_health_is_open_and_nothing_else_is(db):
     assert Client().get("/api/nodes/").status_code == 403
 
 
-@pytest.mark.parametrize("query", ["?limit=18446744073709551616", "?offset=18446744073709551616", "?offset=-5&limit=-1"])
+@pytest.mark.parametrize(
+    "query", ["?limit=18446744073709551616", "?offset=18446744073709551616", "?offset=-5&limit=-1"]
+)
 def test_absurd_pagination_is_bounded_not_a_server_error(people, case, query):
     client = Client()
     client.force_login(people.pathologist)

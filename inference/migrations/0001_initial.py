@@ -6,7 +6,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -15,58 +14,155 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='TrainingRun',
+            name="TrainingRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('dataset_source', models.JSONField(help_text='what to train on, e.g. {"kind": "image-folder", "path": ..., "size": 96}')),
-                ('architecture', models.CharField(default='mobilenetv2', max_length=40)),
-                ('stage', models.CharField(choices=[('primary', 'Primary'), ('secondary', 'Secondary (hard negatives)')], default='primary', max_length=20)),
-                ('recipe', models.JSONField(blank=True, default=dict, help_text='TrainingRecipe overrides')),
-                ('status', models.CharField(choices=[('queued', 'Queued'), ('running', 'Running'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], db_index=True, default='queued', max_length=20)),
-                ('status_reason', models.TextField(blank=True)),
-                ('progress', models.JSONField(blank=True, default=dict)),
-                ('cancel_requested', models.BooleanField(default=False)),
-                ('attempts', models.PositiveSmallIntegerField(default=0)),
-                ('worker', models.CharField(blank=True, max_length=200)),
-                ('heartbeat_at', models.DateTimeField(blank=True, help_text='last sign of life from its worker', null=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "dataset_source",
+                    models.JSONField(
+                        help_text='what to train on, e.g. {"kind": "image-folder", "path": ..., "size": 96}'
+                    ),
+                ),
+                ("architecture", models.CharField(default="mobilenetv2", max_length=40)),
+                (
+                    "stage",
+                    models.CharField(
+                        choices=[
+                            ("primary", "Primary"),
+                            ("secondary", "Secondary (hard negatives)"),
+                        ],
+                        default="primary",
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "recipe",
+                    models.JSONField(
+                        blank=True, default=dict, help_text="TrainingRecipe overrides"
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("running", "Running"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        db_index=True,
+                        default="queued",
+                        max_length=20,
+                    ),
+                ),
+                ("status_reason", models.TextField(blank=True)),
+                ("progress", models.JSONField(blank=True, default=dict)),
+                ("cancel_requested", models.BooleanField(default=False)),
+                ("attempts", models.PositiveSmallIntegerField(default=0)),
+                ("worker", models.CharField(blank=True, max_length=200)),
+                (
+                    "heartbeat_at",
+                    models.DateTimeField(
+                        blank=True, help_text="last sign of life from its worker", null=True
+                    ),
+                ),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
+                "ordering": ["-created_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='ModelVersion',
+            name="ModelVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=120, unique=True)),
-                ('architecture', models.CharField(max_length=40)),
-                ('stage', models.CharField(choices=[('primary', 'Primary'), ('secondary', 'Secondary (hard negatives)')], max_length=20)),
-                ('weights_path', models.CharField(max_length=1024)),
-                ('weights_sha256', models.CharField(max_length=64)),
-                ('dataset_hash', models.CharField(max_length=64)),
-                ('dataset_summary', models.JSONField(blank=True, default=dict)),
-                ('hyperparameters', models.JSONField(default=dict)),
-                ('code_version', models.CharField(max_length=80)),
-                ('classes', models.JSONField(default=list)),
-                ('val_accuracy', models.FloatField()),
-                ('val_auc', models.FloatField()),
-                ('roc', models.JSONField(blank=True, default=dict, help_text='fpr, tpr, thresholds')),
-                ('curves', models.JSONField(blank=True, default=dict, help_text='per-epoch losses, AUC, accuracy')),
-                ('device', models.CharField(blank=True, max_length=40)),
-                ('training_seconds', models.FloatField(default=0)),
-                ('is_live', models.BooleanField(default=False)),
-                ('promoted_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('promoted_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('training_run', models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='model_version', to='inference.trainingrun')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=120, unique=True)),
+                ("architecture", models.CharField(max_length=40)),
+                (
+                    "stage",
+                    models.CharField(
+                        choices=[
+                            ("primary", "Primary"),
+                            ("secondary", "Secondary (hard negatives)"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("weights_path", models.CharField(max_length=1024)),
+                ("weights_sha256", models.CharField(max_length=64)),
+                ("dataset_hash", models.CharField(max_length=64)),
+                ("dataset_summary", models.JSONField(blank=True, default=dict)),
+                ("hyperparameters", models.JSONField(default=dict)),
+                ("code_version", models.CharField(max_length=80)),
+                ("classes", models.JSONField(default=list)),
+                ("val_accuracy", models.FloatField()),
+                ("val_auc", models.FloatField()),
+                (
+                    "roc",
+                    models.JSONField(blank=True, default=dict, help_text="fpr, tpr, thresholds"),
+                ),
+                (
+                    "curves",
+                    models.JSONField(
+                        blank=True, default=dict, help_text="per-epoch losses, AUC, accuracy"
+                    ),
+                ),
+                ("device", models.CharField(blank=True, max_length=40)),
+                ("training_seconds", models.FloatField(default=0)),
+                ("is_live", models.BooleanField(default=False)),
+                ("promoted_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "promoted_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "training_run",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="model_version",
+                        to="inference.trainingrun",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
-                'constraints': [models.UniqueConstraint(condition=models.Q(('is_live', True)), fields=('stage',), name='one_live_model_per_stage')],
+                "ordering": ["-created_at", "-id"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        condition=models.Q(("is_live", True)),
+                        fields=("stage",),
+                        name="one_live_model_per_stage",
+                    )
+                ],
             },
         ),
     ]

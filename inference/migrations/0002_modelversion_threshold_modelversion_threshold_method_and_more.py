@@ -6,106 +6,285 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('inference', '0001_initial'),
-        ('slides', '0002_role_groups'),
+        ("inference", "0001_initial"),
+        ("slides", "0002_role_groups"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='modelversion',
-            name='threshold',
-            field=models.FloatField(blank=True, help_text='node positive at or above this score', null=True),
+            model_name="modelversion",
+            name="threshold",
+            field=models.FloatField(
+                blank=True, help_text="node positive at or above this score", null=True
+            ),
         ),
         migrations.AddField(
-            model_name='modelversion',
-            name='threshold_method',
+            model_name="modelversion",
+            name="threshold_method",
             field=models.CharField(blank=True, max_length=80),
         ),
         migrations.AddField(
-            model_name='modelversion',
-            name='threshold_metrics',
-            field=models.JSONField(blank=True, default=dict, help_text='sensitivity, specificity, accuracy with bootstrap 95% CIs'),
+            model_name="modelversion",
+            name="threshold_metrics",
+            field=models.JSONField(
+                blank=True,
+                default=dict,
+                help_text="sensitivity, specificity, accuracy with bootstrap 95% CIs",
+            ),
         ),
         migrations.CreateModel(
-            name='ScoringRun',
+            name="ScoringRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('threshold', models.FloatField(blank=True, null=True)),
-                ('trigger', models.CharField(choices=[('promotion', 'Model promoted'), ('import', 'Slide imported'), ('manual', 'Manual')], default='manual', max_length=20)),
-                ('status', models.CharField(choices=[('queued', 'Queued'), ('running', 'Running'), ('succeeded', 'Succeeded'), ('failed', 'Failed (some slides)')], default='queued', max_length=20)),
-                ('slides_total', models.PositiveIntegerField(default=0)),
-                ('slides_done', models.PositiveIntegerField(default=0)),
-                ('slides_failed', models.PositiveIntegerField(default=0)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('model_version', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='scoring_runs', to='inference.modelversion')),
-                ('secondary_version', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='secondary_scoring_runs', to='inference.modelversion')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("threshold", models.FloatField(blank=True, null=True)),
+                (
+                    "trigger",
+                    models.CharField(
+                        choices=[
+                            ("promotion", "Model promoted"),
+                            ("import", "Slide imported"),
+                            ("manual", "Manual"),
+                        ],
+                        default="manual",
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("running", "Running"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed (some slides)"),
+                        ],
+                        default="queued",
+                        max_length=20,
+                    ),
+                ),
+                ("slides_total", models.PositiveIntegerField(default=0)),
+                ("slides_done", models.PositiveIntegerField(default=0)),
+                ("slides_failed", models.PositiveIntegerField(default=0)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "model_version",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="scoring_runs",
+                        to="inference.modelversion",
+                    ),
+                ),
+                (
+                    "secondary_version",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="secondary_scoring_runs",
+                        to="inference.modelversion",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
+                "ordering": ["-created_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='HeatMap',
+            name="HeatMap",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('raster_path', models.CharField(max_length=1024)),
-                ('stride_px', models.FloatField(help_text='level-0 px per raster cell')),
-                ('window_px', models.FloatField(help_text='level-0 px of the classifier window')),
-                ('rows', models.PositiveIntegerField()),
-                ('cols', models.PositiveIntegerField()),
-                ('max_score', models.FloatField()),
-                ('max_x', models.FloatField(help_text="level-0 x of the highest-scoring cell's centre")),
-                ('max_y', models.FloatField()),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('model_version', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='heatmaps', to='inference.modelversion')),
-                ('secondary_version', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='inference.modelversion')),
-                ('slide', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='heatmaps', to='slides.slide')),
-                ('scoring_run', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='heatmaps', to='inference.scoringrun')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("raster_path", models.CharField(max_length=1024)),
+                ("stride_px", models.FloatField(help_text="level-0 px per raster cell")),
+                ("window_px", models.FloatField(help_text="level-0 px of the classifier window")),
+                ("rows", models.PositiveIntegerField()),
+                ("cols", models.PositiveIntegerField()),
+                ("max_score", models.FloatField()),
+                (
+                    "max_x",
+                    models.FloatField(help_text="level-0 x of the highest-scoring cell's centre"),
+                ),
+                ("max_y", models.FloatField()),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "model_version",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="heatmaps",
+                        to="inference.modelversion",
+                    ),
+                ),
+                (
+                    "secondary_version",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="inference.modelversion",
+                    ),
+                ),
+                (
+                    "slide",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="heatmaps",
+                        to="slides.slide",
+                    ),
+                ),
+                (
+                    "scoring_run",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="heatmaps",
+                        to="inference.scoringrun",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
+                "ordering": ["-created_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='NodeScore',
+            name="NodeScore",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('score', models.FloatField()),
-                ('threshold', models.FloatField(blank=True, null=True)),
-                ('screened_positive', models.BooleanField(help_text='score >= threshold; null without a threshold', null=True)),
-                ('max_x', models.FloatField(blank=True, null=True)),
-                ('max_y', models.FloatField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('max_heatmap', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='inference.heatmap')),
-                ('model_version', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='node_scores', to='inference.modelversion')),
-                ('node', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='scores', to='slides.node')),
-                ('scoring_run', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='node_scores', to='inference.scoringrun')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("score", models.FloatField()),
+                ("threshold", models.FloatField(blank=True, null=True)),
+                (
+                    "screened_positive",
+                    models.BooleanField(
+                        help_text="score >= threshold; null without a threshold", null=True
+                    ),
+                ),
+                ("max_x", models.FloatField(blank=True, null=True)),
+                ("max_y", models.FloatField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "max_heatmap",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="inference.heatmap",
+                    ),
+                ),
+                (
+                    "model_version",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="node_scores",
+                        to="inference.modelversion",
+                    ),
+                ),
+                (
+                    "node",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="scores",
+                        to="slides.node",
+                    ),
+                ),
+                (
+                    "scoring_run",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="node_scores",
+                        to="inference.scoringrun",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
-                'indexes': [models.Index(fields=['node', '-created_at'], name='inference_n_node_id_f9d2ea_idx')],
+                "ordering": ["-created_at", "-id"],
+                "indexes": [
+                    models.Index(
+                        fields=["node", "-created_at"], name="inference_n_node_id_f9d2ea_idx"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='SlideScoring',
+            name="SlideScoring",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('status', models.CharField(choices=[('queued', 'Queued'), ('running', 'Running'), ('succeeded', 'Succeeded'), ('failed', 'Failed')], default='queued', max_length=20)),
-                ('status_reason', models.TextField(blank=True)),
-                ('progress', models.FloatField(default=0.0)),
-                ('heartbeat_at', models.DateTimeField(blank=True, null=True)),
-                ('attempts', models.PositiveSmallIntegerField(default=0)),
-                ('seconds', models.FloatField(blank=True, null=True)),
-                ('scoring_run', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='slide_jobs', to='inference.scoringrun')),
-                ('slide', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='scorings', to='slides.slide')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("running", "Running"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                        ],
+                        default="queued",
+                        max_length=20,
+                    ),
+                ),
+                ("status_reason", models.TextField(blank=True)),
+                ("progress", models.FloatField(default=0.0)),
+                ("heartbeat_at", models.DateTimeField(blank=True, null=True)),
+                ("attempts", models.PositiveSmallIntegerField(default=0)),
+                ("seconds", models.FloatField(blank=True, null=True)),
+                (
+                    "scoring_run",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="slide_jobs",
+                        to="inference.scoringrun",
+                    ),
+                ),
+                (
+                    "slide",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="scorings",
+                        to="slides.slide",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('scoring_run', 'slide'), name='one_job_per_slide_per_run')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("scoring_run", "slide"), name="one_job_per_slide_per_run"
+                    )
+                ],
             },
         ),
     ]

@@ -108,4 +108,3 @@ class GatedAttentionMIL(nn.Module):
             logits.append(out)
             weights.append(w[0])
         return torch.cat(logits), weights
-

@@ -6,7 +6,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -15,74 +14,170 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Lab',
+            name="Lab",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('code', models.SlugField(max_length=40, unique=True)),
-                ('name', models.CharField(max_length=200)),
-                ('members', models.ManyToManyField(blank=True, related_name='labs', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("code", models.SlugField(max_length=40, unique=True)),
+                ("name", models.CharField(max_length=200)),
+                (
+                    "members",
+                    models.ManyToManyField(
+                        blank=True, related_name="labs", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='Case',
+            name="Case",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('accession_number', models.CharField(max_length=64, unique=True)),
-                ('patient_pseudonym', models.CharField(blank=True, max_length=128)),
-                ('status', models.CharField(choices=[('open', 'Open'), ('signed off', 'Signed off')], default='open', max_length=20)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('lab', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='cases', to='slides.lab')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("accession_number", models.CharField(max_length=64, unique=True)),
+                ("patient_pseudonym", models.CharField(blank=True, max_length=128)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("open", "Open"), ("signed off", "Signed off")],
+                        default="open",
+                        max_length=20,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "lab",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="cases",
+                        to="slides.lab",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['created_at', 'id'],
+                "ordering": ["created_at", "id"],
             },
         ),
         migrations.CreateModel(
-            name='Node',
+            name="Node",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('label', models.CharField(max_length=120)),
-                ('ground_truth', models.CharField(choices=[('unknown', 'Unknown'), ('negative', 'Negative'), ('positive', 'Positive')], default='unknown', max_length=10)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('case', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='nodes', to='slides.case')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("label", models.CharField(max_length=120)),
+                (
+                    "ground_truth",
+                    models.CharField(
+                        choices=[
+                            ("unknown", "Unknown"),
+                            ("negative", "Negative"),
+                            ("positive", "Positive"),
+                        ],
+                        default="unknown",
+                        max_length=10,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "case",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="nodes",
+                        to="slides.case",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['case_id', 'label'],
+                "ordering": ["case_id", "label"],
             },
         ),
         migrations.CreateModel(
-            name='Slide',
+            name="Slide",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=255)),
-                ('file_path', models.CharField(help_text='File, or folder for a DICOM series', max_length=1024)),
-                ('source', models.CharField(help_text='large-image source that opens it', max_length=32)),
-                ('vendor', models.CharField(blank=True, max_length=64)),
-                ('checksum', models.CharField(help_text='SHA-256 of the file(s)', max_length=64, unique=True)),
-                ('file_size', models.BigIntegerField()),
-                ('width', models.PositiveIntegerField()),
-                ('height', models.PositiveIntegerField()),
-                ('levels', models.PositiveSmallIntegerField()),
-                ('tile_width', models.PositiveIntegerField()),
-                ('tile_height', models.PositiveIntegerField()),
-                ('mpp_x', models.FloatField(blank=True, help_text='µm per pixel at level 0', null=True)),
-                ('mpp_y', models.FloatField(blank=True, null=True)),
-                ('magnification', models.FloatField(blank=True, null=True)),
-                ('associated_images', models.JSONField(blank=True, default=list)),
-                ('synthetic', models.BooleanField(default=False, help_text='Generated slide, never real tissue')),
-                ('imported_at', models.DateTimeField(auto_now_add=True)),
-                ('imported_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('node', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='slides', to='slides.node')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=255)),
+                (
+                    "file_path",
+                    models.CharField(
+                        help_text="File, or folder for a DICOM series", max_length=1024
+                    ),
+                ),
+                (
+                    "source",
+                    models.CharField(help_text="large-image source that opens it", max_length=32),
+                ),
+                ("vendor", models.CharField(blank=True, max_length=64)),
+                (
+                    "checksum",
+                    models.CharField(
+                        help_text="SHA-256 of the file(s)", max_length=64, unique=True
+                    ),
+                ),
+                ("file_size", models.BigIntegerField()),
+                ("width", models.PositiveIntegerField()),
+                ("height", models.PositiveIntegerField()),
+                ("levels", models.PositiveSmallIntegerField()),
+                ("tile_width", models.PositiveIntegerField()),
+                ("tile_height", models.PositiveIntegerField()),
+                (
+                    "mpp_x",
+                    models.FloatField(blank=True, help_text="µm per pixel at level 0", null=True),
+                ),
+                ("mpp_y", models.FloatField(blank=True, null=True)),
+                ("magnification", models.FloatField(blank=True, null=True)),
+                ("associated_images", models.JSONField(blank=True, default=list)),
+                (
+                    "synthetic",
+                    models.BooleanField(
+                        default=False, help_text="Generated slide, never real tissue"
+                    ),
+                ),
+                ("imported_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "imported_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "node",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="slides",
+                        to="slides.node",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['node_id', 'name'],
+                "ordering": ["node_id", "name"],
             },
         ),
         migrations.AddConstraint(
-            model_name='node',
-            constraint=models.UniqueConstraint(fields=('case', 'label'), name='node_label_unique_in_case'),
+            model_name="node",
+            constraint=models.UniqueConstraint(
+                fields=("case", "label"), name="node_label_unique_in_case"
+            ),
         ),
     ]

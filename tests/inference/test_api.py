@@ -24,37 +24,66 @@ def folder(tmp_path):
 
 
 def _launch_body(folder) -> str:
-    return json.dumps({"dataset_source": {"kind": "image-folder", "path": str(folder)}, "recipe": FAST})
+    return json.dumps(
+        {"dataset_source": {"kind": "image-folder", "path": str(folder)}, "recipe": FAST}
+    )
 
 
 def test_only_admins_launch(people, folder, django_capture_on_commit_callbacks):
     for user in (people.pathologist, people.lab_lead, people.outsider):
-        response = _client(user).post("/api/training-runs/", _launch_body(folder), content_type="application/json")
+        response = _client(user).post(
+            "/api/training-runs/", _launch_body(folder), content_type="application/json"
+        )
         assert response.status_code == 403, user
-    assert Client().post("/api/training-runs/", _launch_body(folder), content_type="application/json").status_code == 403
+    assert (
+        Client()
+        .post("/api/training-runs/", _launch_body(folder), content_type="application/json")
+        .status_code
+        == 403
+    )
     assert not TrainingRun.objects.exists()
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        response = _client(people.admin).post("/api/training-runs/", _launch_body(folder), content_type="application/json")
+        response = _client(people.admin).post(
+            "/api/training-runs/", _launch_body(folder), content_type="application/json"
+        )
     assert response.status_code == 201
     assert len(callbacks) == 1  # queued after commit
     assert TrainingRun.objects.get().status == "queued"
 
 
 def test_bad_launch_is_400_with_the_reason(people, tmp_path):
-    body = json.dumps({"dataset_source": {"kind": "image-folder", "path": str(tmp_path / "missing")}})
-    response = _client(people.admin).post("/api/training-runs/", body, content_type="application/json")
+    body = json.dumps(
+        {"dataset_source": {"kind": "image-folder", "path": str(tmp_path / "missing")}}
+    )
+    response = _client(people.admin).post(
+        "/api/training-runs/", body, content_type="application/json"
+    )
     assert response.status_code == 400 and "does not exist" in response.json()["detail"]
     body = json.dumps({"dataset_source": "nope"})
-    assert _client(people.admin).post("/api/training-runs/", body, content_type="application/json").status_code == 400
+    assert (
+        _client(people.admin)
+        .post("/api/training-runs/", body, content_type="application/json")
+        .status_code
+        == 400
+    )
 
 
 def test_cancel_and_promote_need_admin_and_pages_render(people, folder):
-    run = launch_training(dataset_source={"kind": "image-folder", "path": str(folder)}, recipe=FAST, enqueue=False)
-    assert _client(people.pathologist).post(f"/api/training-runs/{run.pk}/cancel/").status_code == 403
+    run = launch_training(
+        dataset_source={"kind": "image-folder", "path": str(folder)}, recipe=FAST, enqueue=False
+    )
+    assert (
+        _client(people.pathologist).post(f"/api/training-runs/{run.pk}/cancel/").status_code == 403
+    )
     execute_training_run(run_id=run.pk)
     version = ModelVersion.objects.get()
-    assert _client(people.lab_lead).post(f"/api/model-versions/{version.pk}/promote/").status_code == 403
-    assert _client(people.admin).post(f"/api/training-runs/{run.pk}/cancel/").status_code == 409  # finished
+    assert (
+        _client(people.lab_lead).post(f"/api/model-versions/{version.pk}/promote/").status_code
+        == 403
+    )
+    assert (
+        _client(people.admin).post(f"/api/training-runs/{run.pk}/cancel/").status_code == 409
+    )  # finished
     promoted = _client(people.admin).post(f"/api/model-versions/{version.pk}/promote/")
     assert promoted.status_code == 200 and promoted.json()["is_live"] is True
     # Pathologists see which version is live, and the model page draws its ROC curve.
@@ -63,5 +92,9 @@ def test_cancel_and_promote_need_admin_and_pages_render(people, folder):
     page = _client(people.pathologist).get(f"/models/{version.pk}/").content.decode()
     assert 'class="roc-curve"' in page and version.name in page
     models_page = _client(people.pathologist).get("/models/").content.decode()
-    assert "Live" in models_page and version.name in models_page and "Launch training" not in models_page
+    assert (
+        "Live" in models_page
+        and version.name in models_page
+        and "Launch training" not in models_page
+    )
     assert "Launch training" in _client(people.admin).get("/models/").content.decode()

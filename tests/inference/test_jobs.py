@@ -17,7 +17,12 @@ from inference.jobs import (
 )
 from inference.records import ModelVersion, TrainingRun
 
-FAST = {"max_epochs": 2, "batch_size": 16, "early_stopping_patience": 2, "model_kwargs": {"width_mult": 0.25}}
+FAST = {
+    "max_epochs": 2,
+    "batch_size": 16,
+    "early_stopping_patience": 2,
+    "model_kwargs": {"width_mult": 0.25},
+}
 
 
 def write_blob_folder(root: Path, n: int = 24, size: int = 16) -> Path:
@@ -26,7 +31,9 @@ def write_blob_folder(root: Path, n: int = 24, size: int = 16) -> Path:
     for label in ("normal", "tumour"):
         (root / label).mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            img = np.full((size, size, 3), 200, np.uint8) + rng.integers(0, 30, (size, size, 3), dtype=np.uint8)
+            img = np.full((size, size, 3), 200, np.uint8) + rng.integers(
+                0, 30, (size, size, 3), dtype=np.uint8
+            )
             if label == "tumour":
                 cy, cx = rng.integers(4, size - 4, 2)
                 img[cy - 3 : cy + 3, cx - 3 : cx + 3] = (60, 20, 90)
@@ -41,13 +48,17 @@ def blob_folder(tmp_path) -> Path:
 
 def test_successful_run_creates_a_versioned_model(db, blob_folder, settings):
     run = launch_training(
-        dataset_source={"kind": "image-folder", "path": str(blob_folder)}, recipe=FAST, enqueue=False
+        dataset_source={"kind": "image-folder", "path": str(blob_folder)},
+        recipe=FAST,
+        enqueue=False,
     )
     assert run.status == TrainingRun.Status.QUEUED
     assert execute_training_run(run_id=run.pk) == TrainingRun.Status.SUCCEEDED
     run.refresh_from_db()
     version = run.model_version
-    assert Path(version.weights_path).is_file() and Path(version.weights_path).is_relative_to(settings.RESULTS_DIR)
+    assert Path(version.weights_path).is_file() and Path(version.weights_path).is_relative_to(
+        settings.RESULTS_DIR
+    )
     assert len(version.weights_sha256) == 64 and len(version.dataset_hash) == 64
     assert version.classes == ["normal", "tumour"]
     assert 0.0 <= version.val_auc <= 1.0 and version.roc["fpr"][0] == 0.0
@@ -61,7 +72,11 @@ def test_successful_run_creates_a_versioned_model(db, blob_folder, settings):
 
 
 def test_bad_dataset_fails_truthfully_without_a_model(db, blob_folder):
-    run = launch_training(dataset_source={"kind": "image-folder", "path": str(blob_folder)}, recipe=FAST, enqueue=False)
+    run = launch_training(
+        dataset_source={"kind": "image-folder", "path": str(blob_folder)},
+        recipe=FAST,
+        enqueue=False,
+    )
     for png in blob_folder.rglob("*.png"):
         png.unlink()
     assert execute_training_run(run_id=run.pk) == TrainingRun.Status.FAILED
@@ -84,7 +99,11 @@ def test_bad_dataset_fails_truthfully_without_a_model(db, blob_folder):
     ],
 )
 def test_bad_requests_are_refused(db, blob_folder, kwargs, message):
-    request = {"dataset_source": {"kind": "image-folder", "path": str(blob_folder)}, "enqueue": False, **kwargs}
+    request = {
+        "dataset_source": {"kind": "image-folder", "path": str(blob_folder)},
+        "enqueue": False,
+        **kwargs,
+    }
     with pytest.raises(TrainingRequestError, match=message):
         launch_training(**request)
     assert not TrainingRun.objects.exists()
@@ -122,7 +141,11 @@ def test_cancel_before_start_and_during_training(db, blob_folder):
 
 
 def test_claim_is_exclusive_and_stale_runs_can_be_reclaimed(db, blob_folder, settings):
-    run = launch_training(dataset_source={"kind": "image-folder", "path": str(blob_folder)}, recipe=FAST, enqueue=False)
+    run = launch_training(
+        dataset_source={"kind": "image-folder", "path": str(blob_folder)},
+        recipe=FAST,
+        enqueue=False,
+    )
     assert run.claim(worker="a") is True
     assert TrainingRun.objects.get(pk=run.pk).claim(worker="b") is False  # heartbeat is fresh
     settings.JOB_STALE_SECONDS = -1  # every heartbeat is now stale: the worker is taken to be dead

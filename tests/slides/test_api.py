@@ -53,7 +53,9 @@ def test_upload_of_corrupt_file_is_400_and_leaves_nothing(people, case, tmp_path
     bad = tmp_path / "broken.svs"
     bad.write_bytes(b"\x00" * 5000)
     with open(bad, "rb") as fh:
-        response = _client(people.pathologist).post("/api/slides/", {"node": case.nodes.first().pk, "file": fh})
+        response = _client(people.pathologist).post(
+            "/api/slides/", {"node": case.nodes.first().pk, "file": fh}
+        )
     assert response.status_code == 400
     assert "broken.svs" in response.json()["file"][0]
     assert not Slide.objects.exists()

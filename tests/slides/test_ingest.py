@@ -141,7 +141,9 @@ def test_manifest_row_naming_unknown_node_is_an_error(case, tmp_path):
     manifest = _manifest(tmp_path, [f"{case.accession_number},level IX node 9,s.tiff,"])
     report = import_manifest(manifest=manifest)
     assert report.imported == []
-    assert report.failed == [(2, "s.tiff", f"unknown node 'level IX node 9' in case '{case.accession_number}'")]
+    assert report.failed == [
+        (2, "s.tiff", f"unknown node 'level IX node 9' in case '{case.accession_number}'")
+    ]
     assert not Slide.objects.exists()
     assert case.nodes.count() == 2  # nothing half-created
 

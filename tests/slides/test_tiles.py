@@ -116,7 +116,11 @@ def test_encoded_tiles_are_cached(people, slide):
 def test_tilesource_and_thumbnail(people, slide):
     client = _client(people.pathologist)
     meta = client.get(reverse("slide-tilesource", args=[slide.pk])).json()
-    assert meta["width"] == 1000 and meta["levels"] == 3 and meta["mpp"] == pytest.approx(0.5, rel=1e-3)
+    assert (
+        meta["width"] == 1000
+        and meta["levels"] == 3
+        and meta["mpp"] == pytest.approx(0.5, rel=1e-3)
+    )
     assert meta["tileUrl"].endswith("/tiles/{z}/{x}/{y}.jpg")
     thumb = client.get(reverse("slide-thumbnail", args=[slide.pk]) + "?size=128")
     assert thumb.status_code == 200

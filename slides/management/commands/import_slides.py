@@ -18,14 +18,29 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("paths", nargs="+", type=Path, help="manifest.csv, a folder with one, or slide files")
+        parser.add_argument(
+            "paths", nargs="+", type=Path, help="manifest.csv, a folder with one, or slide files"
+        )
         parser.add_argument("--node", type=int, help="node id for plain files")
         parser.add_argument("--lab", help="lab code for cases created from a manifest")
-        parser.add_argument("--create-missing", action="store_true", help="create unknown cases and nodes")
-        parser.add_argument("--synthetic", action="store_true", help="mark slides as generated (not real tissue)")
+        parser.add_argument(
+            "--create-missing", action="store_true", help="create unknown cases and nodes"
+        )
+        parser.add_argument(
+            "--synthetic", action="store_true", help="mark slides as generated (not real tissue)"
+        )
 
-    def handle(self, *args, paths: list[Path], node: int | None, lab: str | None, create_missing: bool,
-               synthetic: bool, verbosity: int, **options):
+    def handle(
+        self,
+        *args,
+        paths: list[Path],
+        node: int | None,
+        lab: str | None,
+        create_missing: bool,
+        synthetic: bool,
+        verbosity: int,
+        **options,
+    ):
         lab_obj = None
         if lab:
             lab_obj = Lab.objects.filter(code=lab).first()
@@ -50,11 +65,16 @@ class Command(BaseCommand):
             for path in paths:
                 manifest = path / "manifest.csv" if path.is_dir() else path
                 if not manifest.exists():
-                    raise CommandError(f"{manifest}: no manifest (give --node to import plain files)")
+                    raise CommandError(
+                        f"{manifest}: no manifest (give --node to import plain files)"
+                    )
                 try:
                     part = import_manifest(
-                        manifest=manifest, lab=lab_obj, create_missing=create_missing,
-                        synthetic=synthetic, progress=progress,
+                        manifest=manifest,
+                        lab=lab_obj,
+                        create_missing=create_missing,
+                        synthetic=synthetic,
+                        progress=progress,
                     )
                 except SlideImportError as exc:
                     raise CommandError(str(exc)) from exc
@@ -62,7 +82,9 @@ class Command(BaseCommand):
                 report.failed += part.failed
         bar.close()
         for slide in report.imported:
-            self.stdout.write(f"imported slide {slide.pk}: {slide.name} ({slide.width}x{slide.height}, {slide.source})")
+            self.stdout.write(
+                f"imported slide {slide.pk}: {slide.name} ({slide.width}x{slide.height}, {slide.source})"
+            )
         for row, file, reason in report.failed:
             self.stderr.write(f"FAILED row {row}: {file}: {reason}")
         self.stdout.write(f"{len(report.imported)} imported, {len(report.failed)} failed")

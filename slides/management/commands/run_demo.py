@@ -24,13 +24,35 @@ class Command(BaseCommand):
 
     def handle(self, *args, host: str, port: str, **options):
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default,gpu",
-             "--pool", "solo", "--concurrency", "1", "--loglevel", "INFO", "-n", "demo@%h"],
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "-Q",
+                "default,gpu",
+                "--pool",
+                "solo",
+                "--concurrency",
+                "1",
+                "--loglevel",
+                "INFO",
+                "-n",
+                "demo@%h",
+            ],
             cwd=settings.BASE_DIR,
         )
         broker = settings.CELERY_BROKER_URL.split("://")[0]
-        self.stdout.write(self.style.SUCCESS(f"NodeScope is at http://{host}:{port}/  (worker pid {worker.pid}, broker {broker})"))
-        self.stdout.write("log in with the demo logins printed above; Ctrl-C stops web server and worker")
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"NodeScope is at http://{host}:{port}/  (worker pid {worker.pid}, broker {broker})"
+            )
+        )
+        self.stdout.write(
+            "log in with the demo logins printed above; Ctrl-C stops web server and worker"
+        )
         # SIGTERM (e.g. from a supervisor) stops the worker too, not just the web server.
         signal.signal(signal.SIGTERM, _stop)
         try:
