@@ -85,3 +85,31 @@ def eager_tasks(settings, monkeypatch):
     _ = app.conf.task_always_eager  # load the configuration from the real settings now
     monkeypatch.setitem(app.conf, "task_always_eager", True)
     settings.CELERY_TASK_ALWAYS_EAGER = True
+
+
+#: Data migrations that seed rows the app needs (label classes, clinical variables).
+SEEDING_MIGRATIONS = (
+    "annotations.migrations.0002_seed_label_classes",
+    "clinical.migrations.0002_seed_fields",
+)
+
+
+@pytest.fixture
+def seeded(db):
+    """The rows the data migrations write, written again. A transactional test's flush removes
+    them, so a later test in the session may otherwise find no label classes or clinical
+    variables; each migration's own `seed` runs against the live app registry."""
+    import importlib
+
+    from django.apps import apps
+
+    for name in SEEDING_MIGRATIONS:
+        importlib.import_module(name).seed(apps, None)
+
+
+@pytest.fixture
+def label_classes(seeded):
+    """The seeded label classes, by key."""
+    from annotations.models import LabelClass
+
+    return {c.key: c for c in LabelClass.objects.all()}

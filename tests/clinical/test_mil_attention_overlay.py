@@ -34,7 +34,7 @@ SECOND = {
 
 
 @pytest.fixture
-def trained(people, tmp_path):
+def trained(people, tmp_path, seeded):
     """Eight outlined cases (four N0, four N+), one with a second, unoutlined slide; a MIL model
     trained on them (image only: attention does not depend on clinical data)."""
     cases = []

@@ -69,26 +69,6 @@ def page(browser):
 
 
 @pytest.fixture
-def label_classes(transactional_db):
-    """The seeded classes (a transactional test's flush removes what the data migration wrote)."""
-    from annotations.models import LabelClass
-
-    seed = importlib.import_module("annotations.migrations.0002_seed_label_classes")
-    for key, name, colour, kind, shortcut, order in seed.LABEL_CLASSES:
-        LabelClass.objects.update_or_create(
-            key=key,
-            defaults={
-                "name": name,
-                "colour": colour,
-                "kind": kind,
-                "shortcut": shortcut,
-                "order": order,
-            },
-        )
-    return {c.key: c for c in LabelClass.objects.all()}
-
-
-@pytest.fixture
 def slide(transactional_db, people, case, tiny_tiff):
     from slides.ingest import register_slide
 

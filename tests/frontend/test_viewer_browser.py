@@ -269,13 +269,23 @@ def test_viewer_shows_real_slide(live_server, page, people, case, transactional_
     page.evaluate("() => window.nodescopeViewer.canvas.focus()")
     for key in ["ArrowRight", "ArrowRight", "ArrowDown"]:
         page.keyboard.press(key)
+
+    def levels_seen() -> set[int]:
+        return {int(url.split("/tiles/")[1].split("/")[0]) for url, _, _ in tiles.responses}
+
+    # "fully loaded" can still describe the previous view for a frame or two after the zoom:
+    # first wait for the deepest level's tiles to arrive, then for the view to settle
+    for _ in range(150):
+        if slide.levels - 1 in levels_seen():
+            break
+        page.wait_for_timeout(100)
     page.wait_for_function(
         "() => { const v = window.nodescopeViewer; return v.world.getItemAt(0).getFullyLoaded()"
         " && v.viewport.getZoom(true) === v.viewport.getZoom(false); }"
     )
     assert not tiles.failed
     assert all(status == 200 for _, status, _ in tiles.responses)
-    levels = {int(url.split("/tiles/")[1].split("/")[0]) for url, _, _ in tiles.responses}
+    levels = levels_seen()
     assert slide.levels - 1 in levels, levels
     state = page.evaluate(VIEW_STATE_JS)
     assert state["magText"] == f"{(slide.magnification or 10 / slide.mpp):.1f}×"

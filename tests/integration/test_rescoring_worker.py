@@ -85,7 +85,12 @@ def test_sigkilled_worker_leaves_no_heat_map_and_the_slide_is_rescored(
 ):
     queue, workers = training_queue
     slide = generated_slide(
-        case.nodes.first(), tmp_path / "s", seed=7, tumour=True, size=(2400, 2200)
+        # big enough that the scan lasts seconds (a 2,400 px slide now scans in under one)
+        case.nodes.first(),
+        tmp_path / "s",
+        seed=7,
+        tumour=True,
+        size=(6400, 6000),
     )
     version = make_version(save_weights(random_dense_model(), tmp_path / "dense.pt"))
     assert version.stage == Stage.PRIMARY

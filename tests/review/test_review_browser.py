@@ -38,7 +38,7 @@ def page(browser):
 
 
 @pytest.fixture
-def review_case(transactional_db, people, tmp_path):
+def review_case(transactional_db, people, tmp_path, label_classes):
     """A generated case: three nodes with real (small, generated) slides, scored by a live model.
 
     Scores, threshold 0.5: node 2 0.92 at (2600, 1700) of its 3000 x 2000 slide, whose heat map
@@ -46,28 +46,12 @@ def review_case(transactional_db, people, tmp_path):
     view at a legible zoom holds together; node 3 0.61 (maximum at 600, 200); node 1 0.35
     (negative-screened). The other slides are 800 x 600.
     """
-    import importlib
 
-    from annotations.models import LabelClass
     from slides.ingest import register_slide
     from tests.factories import gradient_image, make_case, write_pyramid_tiff
 
     from .factories import make_heatmap, make_model_version, score_node
 
-    # The seeded label classes (an earlier transactional test's flush removes what the data
-    # migration wrote); the "not tumour" picker lists the hard-negative ones.
-    seed = importlib.import_module("annotations.migrations.0002_seed_label_classes")
-    for key, name, colour, kind, shortcut, order in seed.LABEL_CLASSES:
-        LabelClass.objects.update_or_create(
-            key=key,
-            defaults={
-                "name": name,
-                "colour": colour,
-                "kind": kind,
-                "shortcut": shortcut,
-                "order": order,
-            },
-        )
     case = make_case(
         people.lab,
         "S26-BROWSER",
