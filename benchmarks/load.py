@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Many viewers at once on the live server, over loopback, for a bounded time.
 
-The web app runs as its own process (`manage.py runserver --noreload`: a thread per connection;
-gunicorn is not a dependency) on 127.0.0.1, against a freshly seeded throw-away SQLite database:
+The web app runs as its own process (gunicorn with gthread workers as in production, two
+processes of 8 threads, one per core here; `manage.py runserver` when gunicorn is missing) on
+127.0.0.1, against a freshly seeded throw-away SQLite database:
 one generated (synthetic) slide with a few thousand annotation polygons, in a case whose nodes are
 scored by the live model. Each viewer logs in through the real login form (CSRF, password check),
 keeps one HTTP/1.1 keep-alive connection, and until the time is up:
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import importlib.util
 import json
 import math
 import os
@@ -139,12 +141,29 @@ def seed(
 # ---- the server --------------------------------------------------------------------------------
 
 
+def server_command(port: int) -> list[str]:
+    """gunicorn as in production (docker/Dockerfile.web: gthread workers), two processes of 8
+    threads (SQLite's busy timeout covers the two processes' session writes at log-in);
+    runserver without gunicorn."""
+    if importlib.util.find_spec("gunicorn") is not None:
+        return [
+            sys.executable, "-m", "gunicorn", "config.wsgi:application",
+            "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "8",
+            "--worker-class", "gthread", "--timeout", "120", "--log-level", "warning",
+        ]  # fmt: skip
+    return [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"]
+
+
+def server_name() -> str:
+    return " ".join(server_command(0)[2:4]) if "gunicorn" in server_command(0) else "runserver"
+
+
 def start_server(var: Path, port: int) -> subprocess.Popen:
     """The web app in its own process on loopback, on the seeded database; waits for /health/."""
     env = {**os.environ, "NODESCOPE_VAR_DIR": str(var), "DJANGO_SETTINGS_MODULE": "config.settings"}
     env.pop("DATABASE_URL", None)
     proc = subprocess.Popen(
-        [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
+        server_command(port),
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(var / "server.log", "w"),  # noqa: SIM115
     )  # fmt: skip
     deadline = time.monotonic() + 90
@@ -386,7 +405,7 @@ def main() -> None:
     result = {
         "benchmark": "load",
         "quick": args.quick,
-        "server": "manage.py runserver --noreload (thread per connection), SQLite, loopback",
+        "server": f"{server_name()} (2 processes x 8 threads), SQLite, loopback",
         "slide_px": [info["width"], info["height"]],
         "annotations": polygons,
         "single": single,
