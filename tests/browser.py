@@ -49,3 +49,25 @@ def browser():
             yield chromium
         finally:
             chromium.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    """A page in a fresh 1400 x 900 context at device scale 1; `page.console_errors` collects
+    console errors and uncaught page errors. A test module may set `PAGE_TIMEOUT_MS`."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, device_scale_factor=1)
+    page = context.new_page()
+    page.set_default_timeout(getattr(request.module, "PAGE_TIMEOUT_MS", 30_000))
+    errors: list[str] = []
+    page.on(
+        "console",
+        lambda msg: (
+            errors.append(f"{msg.text} [{msg.location.get('url', '')}]")
+            if msg.type == "error"
+            else None
+        ),
+    )
+    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+    page.console_errors = errors
+    yield page
+    context.close()

@@ -48,32 +48,7 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 900}, device_scale_factor=1)
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    errors: list[str] = []
-    page.on(
-        "console",
-        lambda msg: (
-            errors.append(f"{msg.text} [{msg.location.get('url', '')}]")
-            if msg.type == "error"
-            else None
-        ),
-    )
-    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
-    page.console_errors = errors
-    yield page
-    context.close()
-
-
-@pytest.fixture
-def slide(transactional_db, people, case, tiny_tiff):
-    from slides.ingest import register_slide
-
-    node = case.nodes.order_by("label").first()
-    return register_slide(node=node, path=tiny_tiff, user=people.pathologist)
+PAGE_TIMEOUT_MS = 20_000  # the page fixture (tests/browser.py) waits this long
 
 
 def open_viewer(page, live_server, people, slide):

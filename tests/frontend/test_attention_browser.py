@@ -11,13 +11,13 @@ from inference.mil_overlay import ATTENTION_LEVELS
 from tests.browser import browser_marks
 from tests.clinical.test_mil_attention_overlay import trained  # noqa: F401 - the fixture
 
-from .test_viewer_browser import log_in, page  # noqa: F401 - the page fixture
+from .test_viewer_browser import log_in
 
 pytestmark = browser_marks("viewer.js")
 
 
 def test_the_case_page_opens_the_viewer_with_the_attention_overlay(
-    page,  # noqa: F811
+    page,
     live_server,
     transactional_db,
     people,

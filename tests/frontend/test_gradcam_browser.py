@@ -9,7 +9,7 @@ import pytest
 from inference.records import GradCam
 from tests.browser import browser_marks
 
-from .test_viewer_browser import log_in, page  # noqa: F401 - the page fixture
+from .test_viewer_browser import log_in
 
 pytestmark = browser_marks("viewer.js")
 
@@ -29,7 +29,7 @@ def live_slide(transactional_db, people, case, tmp_path, eager_tasks):
 
 
 def test_a_click_with_the_gradcam_tool_shows_the_map_over_its_window(
-    page,  # noqa: F811
+    page,
     live_server,
     people,
     live_slide,

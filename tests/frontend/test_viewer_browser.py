@@ -26,34 +26,6 @@ TILE_URL = re.compile(r"/api/slides/\d+/tiles/\d+/\d+/\d+\.jpg$")
 pytestmark = browser_marks("viewer.js")
 
 
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 900}, device_scale_factor=1)
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    console_errors: list[str] = []
-    page.on(
-        "console",
-        lambda msg: (
-            console_errors.append(f"{msg.text} [{msg.location.get('url', '')}]")
-            if msg.type == "error"
-            else None
-        ),
-    )
-    page.on("pageerror", lambda exc: console_errors.append(f"page error: {exc}"))
-    page.console_errors = console_errors
-    yield page
-    context.close()
-
-
-@pytest.fixture
-def slide(transactional_db, people, case, tiny_tiff):
-    from slides.ingest import register_slide
-
-    node = case.nodes.order_by("label").first()
-    return register_slide(node=node, path=tiny_tiff, user=people.pathologist)
-
-
 class TileLog:
     """Every tile response and failed tile request (`/api/slides/<id>/tiles/…`) the page sees."""
 
