@@ -480,20 +480,27 @@ def _mine_for_run(run: TrainingRun) -> dict[str, Any]:
     return {"kind": "arrays", "path": str(folder)}
 
 
-def _register_model_version(run: TrainingRun, result, dataset: LoadedDataset) -> ModelVersion:
-    """Copy the weights into place atomically, then create the ModelVersion and finish the run."""
+def install_weights(weights_path: str | Path, name: str) -> Path:
+    """Copy a run's weights to RESULTS_DIR/models/<name>.pt through a temporary file and a
+    rename: a ModelVersion never points at half a file."""
     models_dir = Path(settings.RESULTS_DIR) / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{run.architecture}-{run.stage}-run{run.pk}"
     target = models_dir / f"{name}.pt"
     fd, tmp = tempfile.mkstemp(dir=models_dir, suffix=".tmp")
     os.close(fd)
     try:
-        shutil.copyfile(result.weights_path, tmp)
+        shutil.copyfile(weights_path, tmp)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    return target
+
+
+def _register_model_version(run: TrainingRun, result, dataset: LoadedDataset) -> ModelVersion:
+    """Copy the weights into place atomically, then create the ModelVersion and finish the run."""
+    name = f"{run.architecture}-{run.stage}-run{run.pk}"
+    target = install_weights(result.weights_path, name)
     metrics = result.metrics()
     with transaction.atomic():
         version = ModelVersion.objects.create(

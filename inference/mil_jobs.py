@@ -22,15 +22,10 @@ encoding). Its ``stage`` is ``"mil"``, so it is never mistaken for the live patc
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -236,7 +231,7 @@ def _content_hash(bags: list[Bag]) -> str:
 
 def execute_mil_run(run: TrainingRun, *, device: str | None = None) -> str:
     """The worker side of a claimed MIL run: bags, training, ModelVersion; returns the status."""
-    from .jobs import code_version, run_dir
+    from .jobs import code_version, install_weights, run_dir
     from .training import TrainingCancelled
 
     last = [0.0]
@@ -281,18 +276,8 @@ def execute_mil_run(run: TrainingRun, *, device: str | None = None) -> str:
         run.finish(TrainingRun.Status.FAILED, reason=f"{type(exc).__name__}: {exc}")
         return run.status
 
-    models_dir = Path(settings.RESULTS_DIR) / "models"
-    models_dir.mkdir(parents=True, exist_ok=True)
     name = f"{MIL_ARCHITECTURE}-{summary['task']}{'-clinical' if summary['clinical'] else ''}-run{run.pk}"
-    target = models_dir / f"{name}.pt"
-    fd, tmp = tempfile.mkstemp(dir=models_dir, suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(result.weights_path, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    target = install_weights(result.weights_path, name)
     metrics = result.metrics
     auc = (metrics["n_plus_vs_n0"].get("auc") or {}).get("value")
     if auc is None:
