@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 from django.core.cache import caches
@@ -220,12 +222,21 @@ def heatmap_tile(request: HttpRequest, pk: int, z: int, x: int, y: int) -> HttpR
     etag = f'"hm{row.pk}-{z}-{x}-{y}"'
     if etag in request.headers.get("If-None-Match", ""):
         return _cached(HttpResponse(status=304), etag)
+    data = overlay_tile(
+        slide, key=f"heattile:{row.pk}:{z}:{x}:{y}", raster=lambda: load_raster(row), z=z, x=x, y=y
+    )
+    return _cached(HttpResponse(data, content_type="image/png"), etag)
+
+
+def overlay_tile(slide, *, key: str, raster: Callable[[], Any], z: int, x: int, y: int) -> bytes:
+    """The PNG of overlay tile z/x/y on the slide's own tile grid, from the ``tiles`` cache under
+    ``key``, else rendered from ``raster()`` (loaded only then) and cached; 404 outside the
+    pyramid. Heat maps and MIL attention overlays are both served through it."""
     cache = caches["tiles"]
-    key = f"heattile:{row.pk}:{z}:{x}:{y}"
     data = cache.get(key)
     if data is None:
         data = render_tile(
-            load_raster(row),
+            raster(),
             width=slide.width,
             height=slide.height,
             levels=slide.levels,
@@ -238,7 +249,7 @@ def heatmap_tile(request: HttpRequest, pk: int, z: int, x: int, y: int) -> HttpR
         if data is None:
             raise Http404(f"tile {z}/{x}/{y} is outside the pyramid of slide {slide.pk}")
         cache.set(key, data)
-    return _cached(HttpResponse(data, content_type="image/png"), etag)
+    return data
 
 
 @require_GET

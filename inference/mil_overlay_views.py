@@ -16,15 +16,13 @@ cache). A raster never computed is 404; a missing or malformed parameter is 400.
 
 from __future__ import annotations
 
-from django.core.cache import caches
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
 from slides.models import Slide
 
-from .heatmap_views import _cached, visible_slide
-from .heatmaps import render_tile
+from .heatmap_views import _cached, overlay_tile, visible_slide
 from .mil_overlay import (
     BAG_KEY,
     OverlayUnavailable,
@@ -98,26 +96,13 @@ def attention_tile(request: HttpRequest, pk: int, z: int, x: int, y: int) -> Htt
     etag = f'"mil{version_id}-{bag}-{z}-{x}-{y}"'
     if etag in request.headers.get("If-None-Match", ""):
         return _cached(HttpResponse(status=304), etag)
-    cache = caches["tiles"]
-    key = f"miltile:{version_id}:{slide.pk}:{bag}:{z}:{x}:{y}"
-    data = cache.get(key)
-    if data is None:
+
+    def raster():
         try:
-            raster = load_overlay(version_id=version_id, slide_id=slide.pk, bag_key=bag)
+            return load_overlay(version_id=version_id, slide_id=slide.pk, bag_key=bag)
         except FileNotFoundError as exc:
             raise Http404("No attention overlay for this slide, model and bag") from exc
-        data = render_tile(
-            raster,
-            width=slide.width,
-            height=slide.height,
-            levels=slide.levels,
-            tile_width=slide.tile_width,
-            tile_height=slide.tile_height,
-            z=z,
-            x=x,
-            y=y,
-        )
-        if data is None:
-            raise Http404(f"tile {z}/{x}/{y} is outside the pyramid of slide {slide.pk}")
-        cache.set(key, data)
+
+    key = f"miltile:{version_id}:{slide.pk}:{bag}:{z}:{x}:{y}"
+    data = overlay_tile(slide, key=key, raster=raster, z=z, x=x, y=y)
     return _cached(HttpResponse(data, content_type="image/png"), etag)
