@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +43,7 @@ import numpy as np
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from config.files import folder_written_atomically
 from slides.models import Slide
 from slides.project_types import ProjectDefaults, ProjectType, defaults_for
 
@@ -538,21 +537,10 @@ def _write_folder(dataset: Dataset, arrays: dict[int, np.ndarray]) -> None:
     A folder already at the target belongs to no committed dataset (SQLite can hand out the id of
     a rolled-back row again), so it is replaced.
     """
-    folder = dataset.folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
+    with folder_written_atomically(dataset.folder) as tmp:
         for slide_id, rows in arrays.items():
             np.save(labels_path(tmp, slide_id), rows, allow_pickle=False)
         (tmp / "manifest.json").write_text(json.dumps(manifest(dataset), indent=1))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ---- opening ------------------------------------------------------------------------------------

@@ -24,8 +24,6 @@ Each side is then balanced to equal counts of both classes by sampling the large
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from config.files import folder_written_atomically
 from slides.models import Node, Slide
 
 from .records import ModelVersion, Stage
@@ -411,11 +410,7 @@ def mine(
 
 
 def _write_atomically(out: Path, patches: MinedPatches, labels: np.ndarray, summary: dict) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
+    with folder_written_atomically(out) as tmp:
         np.save(tmp / "images.npy", patches.images, allow_pickle=False)
         np.save(tmp / "labels.npy", labels, allow_pickle=False)
         np.save(tmp / "groups.npy", patches.groups, allow_pickle=False)
@@ -423,11 +418,6 @@ def _write_atomically(out: Path, patches: MinedPatches, labels: np.ndarray, summ
         np.save(tmp / "sources.npy", patches.sources, allow_pickle=False)
         (tmp / "classes.txt").write_text("\n".join(CLASSES) + "\n")
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))  # written last
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ---- the one admin action ----------------------------------------------------------------------
