@@ -37,7 +37,7 @@ from django.utils import timezone
 from config.files import write_atomically
 
 from .heatmaps import VIRIDIS
-from .records import GradCam, ModelVersion, Stage, TrainingRun
+from .records import GradCam, ModelVersion, Stage, lost_job_ids, stale_before
 
 if TYPE_CHECKING:  # pragma: no cover
     from slides.models import Slide
@@ -361,11 +361,10 @@ def classifier_for(version: ModelVersion, *, device: str | None = None) -> Class
 def claim(gradcam: GradCam) -> bool:
     """queued, or running without a heartbeat for JOB_STALE_SECONDS (its worker died) -> running;
     of two workers exactly one wins."""
-    from .records import TrainingRun
 
     now = timezone.now()
     claimable = models.Q(status=GradCam.Status.QUEUED) | models.Q(
-        status=GradCam.Status.RUNNING, heartbeat_at__lt=TrainingRun.stale_before()
+        status=GradCam.Status.RUNNING, heartbeat_at__lt=stale_before()
     )
     won = GradCam.objects.filter(claimable, pk=gradcam.pk).update(
         status=GradCam.Status.RUNNING,
@@ -430,15 +429,7 @@ def recover_stale_gradcams() -> list[int]:
     """Queue again every Grad-CAM left `running` by a worker that stopped sending heartbeats, and
     every one still `queued` long after it was asked for (its message may have died with the
     broker). A second message is harmless: :func:`claim` lets one worker compute it."""
-    from django.db.models import Q
-
-    before = TrainingRun.stale_before()
-    stale = list(
-        GradCam.objects.filter(
-            Q(status=GradCam.Status.RUNNING, heartbeat_at__lt=before)
-            | Q(status=GradCam.Status.QUEUED, created_at__lt=before)
-        ).values_list("pk", flat=True)
-    )
+    stale = lost_job_ids(GradCam.objects.all())
     for pk in stale:
         _queue(pk)
     return stale

@@ -15,6 +15,25 @@ from django.db import models, transaction
 from django.utils import timezone
 
 
+def stale_before():
+    """Jobs whose worker has been silent since before this moment are taken over."""
+    return timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS)
+
+
+def lost_job_ids(jobs: models.QuerySet, *, queued_since: str = "created_at") -> list[int]:
+    """Ids among ``jobs`` that a starting worker queues again: `running` with no heartbeat since
+    :func:`stale_before` (the worker died), or still `queued` that long after ``queued_since``
+    (the message may have died with a broker that kept no copy). A second message is harmless:
+    a job is claimed by a conditional update, so one worker runs it."""
+    before = stale_before()
+    return list(
+        jobs.filter(
+            models.Q(status="running", heartbeat_at__lt=before)
+            | models.Q(status="queued", **{f"{queued_since}__lt": before})
+        ).values_list("pk", flat=True)
+    )
+
+
 class Stage(models.TextChoices):
     PRIMARY = "primary", "Primary"
     SECONDARY = "secondary", "Secondary (hard negatives)"
@@ -66,7 +85,7 @@ class TrainingRun(models.Model):
 
     @classmethod
     def stale_before(cls):
-        return timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS)
+        return stale_before()
 
     def claim(self, *, worker: str) -> bool:
         """queued, or running with a stale heartbeat (its worker died) → running.

@@ -19,7 +19,6 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -29,7 +28,16 @@ from django.utils import timezone
 from audit.log import record
 from slides.models import Node, Slide
 
-from .records import HeatMap, ModelVersion, NodeScore, ScoringRun, SlideScoring, Stage
+from .records import (
+    HeatMap,
+    ModelVersion,
+    NodeScore,
+    ScoringRun,
+    SlideScoring,
+    Stage,
+    lost_job_ids,
+    stale_before,
+)
 
 log = logging.getLogger(__name__)
 
@@ -214,10 +222,6 @@ def score_imported_slides(*, slides: Iterable[int], user=None) -> ScoringRun | N
 # ---- one slide -----------------------------------------------------------------------------
 
 
-def stale_before():
-    return timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS)
-
-
 def claim_slide_job(job: SlideScoring) -> bool:
     """queued, or running with a stale heartbeat (its worker died) -> running. Exactly one of two
     workers handed the same job wins."""
@@ -395,17 +399,9 @@ def recover_stale_slide_jobs() -> list[int]:
     """Queue again every slide job left `running` by a worker that stopped sending heartbeats,
     and every job still `queued` long after its run began (its message may have died with a
     broker that kept no copy). A second message is harmless: only one worker can claim a job."""
-    from django.db.models import Q
-
     from .tasks import score_slide
 
-    before = stale_before()
-    stale = list(
-        SlideScoring.objects.filter(
-            Q(status=SlideScoring.Status.RUNNING, heartbeat_at__lt=before)
-            | Q(status=SlideScoring.Status.QUEUED, scoring_run__created_at__lt=before)
-        ).values_list("pk", flat=True)
-    )
+    stale = lost_job_ids(SlideScoring.objects.all(), queued_since="scoring_run__created_at")
     for pk in stale:
         log.warning("slide scoring job %s lost its worker; queueing it again", pk)
         score_slide.apply_async(args=[pk], queue=settings.TRAINING_QUEUE)

@@ -9,7 +9,7 @@ from celery.signals import worker_ready
 from django.conf import settings
 
 from .jobs import execute_training_run
-from .records import TrainingRun
+from .records import TrainingRun, lost_job_ids
 
 log = logging.getLogger(__name__)
 
@@ -24,15 +24,7 @@ def recover_stale_runs() -> list[int]:
     """Queue again every run left `running` by a worker that stopped sending heartbeats, and
     every run still `queued` long after its launch (its message may have died with a broker that
     kept no copy). A second message is harmless: only one worker can claim a run."""
-    from django.db.models import Q
-
-    before = TrainingRun.stale_before()
-    stale = list(
-        TrainingRun.objects.filter(
-            Q(status=TrainingRun.Status.RUNNING, heartbeat_at__lt=before)
-            | Q(status=TrainingRun.Status.QUEUED, created_at__lt=before)
-        ).values_list("pk", flat=True)
-    )
+    stale = lost_job_ids(TrainingRun.objects.all())
     for pk in stale:
         log.warning(
             "training run %s lost its worker; queueing it to resume from its checkpoint", pk
