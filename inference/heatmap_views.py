@@ -12,7 +12,6 @@ live primary model is used.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -25,8 +24,7 @@ from django.urls import reverse
 from django.utils.cache import patch_cache_control
 from django.views.decorators.http import require_GET
 
-from slides.access import slides_for
-from slides.auth import api_user
+from slides.auth import visible_slide_fields
 from slides.models import Slide
 
 from .heatmaps import PAPER_THRESHOLD, legend, load_raster, regions_at_threshold, render_tile
@@ -45,37 +43,9 @@ HEATMAP_FIELDS = (
 )
 
 
-def _credential(request: HttpRequest) -> str | None:
-    auth = request.headers.get("Authorization", "")
-    if auth.startswith("Token "):
-        return "t:" + auth[6:].strip()
-    key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
-    return "s:" + key if key else None
-
-
-def _forbidden() -> JsonResponse:
-    return JsonResponse({"detail": "Authentication credentials were not provided."}, status=403)
-
-
 def visible_slide(request: HttpRequest, pk: int) -> Slide | HttpResponse:
     """The slide's geometry if the requester may see it (cached per credential); 403 / 404."""
-    credential = _credential(request)
-    cache = caches["default"]
-    key = None
-    if credential:
-        key = f"heatperm:{hashlib.sha256(f'{credential}:{pk}'.encode()).hexdigest()}"
-        fields = cache.get(key)
-        if fields is not None:
-            return Slide(**fields)
-    user = api_user(request)
-    if user is None:
-        return _forbidden()
-    fields = slides_for(user).filter(pk=pk).values(*SLIDE_FIELDS).first()
-    if fields is None:
-        raise Http404("No such slide")
-    if key:
-        cache.set(key, fields, settings.TILE_PERMISSION_SECONDS)
-    return Slide(**fields)
+    return visible_slide_fields(request, pk, fields=SLIDE_FIELDS, purpose="heatperm")
 
 
 class _HeatMapLRU:

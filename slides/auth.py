@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
+
 from django.conf import settings
 from django.contrib.auth.views import LoginView
-from django.core.cache import cache
-from django.http import HttpRequest
+from django.core.cache import cache, caches
+from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.exceptions import AuthenticationFailed
 
@@ -22,6 +25,44 @@ def api_user(request: HttpRequest):
         if result:
             return result[0]
     return None
+
+
+def credential_of(request: HttpRequest) -> str | None:
+    """The session key or API token a request carries (not yet checked)."""
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Token "):
+        return "t:" + auth[6:].strip()
+    key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+    return "s:" + key if key else None
+
+
+def visible_slide_fields(request: HttpRequest, pk: int, *, fields: Sequence[str], purpose: str):
+    """The slide (only ``fields`` loaded) if the requester may see it; 403 without login, 404
+    otherwise. A granted (credential, slide) pair is remembered for TILE_PERMISSION_SECONDS under
+    ``purpose``, so the tiles of a viewer session cost no query after the first; refusals are
+    never cached."""
+    from .access import slides_for
+    from .models import Slide
+
+    credential = credential_of(request)
+    key = (
+        f"{purpose}:{hashlib.sha256(f'{credential}:{pk}'.encode()).hexdigest()}"
+        if credential
+        else None
+    )
+    if key:
+        cached = caches["default"].get(key)
+        if cached is not None:
+            return Slide(**cached)
+    user = api_user(request)
+    if user is None:
+        return JsonResponse({"detail": "Authentication credentials were not provided."}, status=403)
+    found = slides_for(user).filter(pk=pk).values(*fields).first()
+    if found is None:
+        raise Http404("No such slide")
+    if key:
+        caches["default"].set(key, found, settings.TILE_PERMISSION_SECONDS)
+    return Slide(**found)
 
 
 class ThrottledLoginView(LoginView):

@@ -7,14 +7,12 @@ serve cached bytes.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import uuid
 from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.core.cache import caches
 from django.db.models import Count, Prefetch
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
@@ -28,7 +26,7 @@ from rest_framework.response import Response
 
 from . import tiles
 from .access import cases_for, has_role, nodes_for, slides_for
-from .auth import api_user
+from .auth import api_user, visible_slide_fields
 from .ingest import SlideImportError, register_slide
 from .models import Role, Slide
 from .serializers import CaseSerializer, NodeSerializer, SlideSerializer, SlideUploadSerializer
@@ -83,41 +81,10 @@ TILE_FIELDS = (
 )
 
 
-def _credential(request: HttpRequest) -> str | None:
-    """The session key or API token a request carries (not yet checked)."""
-    auth = request.headers.get("Authorization", "")
-    if auth.startswith("Token "):
-        return "t:" + auth[6:].strip()
-    key = request.COOKIES.get(settings.SESSION_COOKIE_NAME)
-    return "s:" + key if key else None
-
-
 def _visible_slide(request: HttpRequest, pk: int) -> Slide | HttpResponse:
-    """The slide's tile fields if the requester may see it; 403 without login; 404 otherwise.
-
-    A granted (credential, slide) pair is remembered for TILE_PERMISSION_SECONDS, so the tiles of
-    a viewer session cost no database query at all after the first. Refusals are never cached.
-    """
-    credential = _credential(request)
-    cache = caches["default"]
-    cache_key = (
-        f"tileperm:{hashlib.sha256(f'{credential}:{pk}'.encode()).hexdigest()}"
-        if credential
-        else None
-    )
-    if cache_key:
-        fields = cache.get(cache_key)
-        if fields is not None:
-            return Slide(**fields)
-    user = api_user(request)
-    if user is None:
-        return JsonResponse({"detail": "Authentication credentials were not provided."}, status=403)
-    fields = slides_for(user).filter(pk=pk).values(*TILE_FIELDS).first()
-    if fields is None:
-        raise Http404("No such slide")
-    if cache_key:
-        cache.set(cache_key, fields, settings.TILE_PERMISSION_SECONDS)
-    return Slide(**fields)
+    """The slide's tile fields if the requester may see it; 403 without login; 404 otherwise
+    (the grant cached per credential, see `slides.auth.visible_slide_fields`)."""
+    return visible_slide_fields(request, pk, fields=TILE_FIELDS, purpose="tileperm")
 
 
 def _private_cache(response: HttpResponse, etag: str) -> HttpResponse:
