@@ -90,7 +90,17 @@ class Node(models.Model):
 
 
 class Slide(models.Model):
-    """A digitised slide of a node, registered with the metadata large-image reads from it."""
+    """A digitised slide of a node, registered with the metadata large-image reads from it.
+
+    A row may also hold a plain image of the node (CT, ultrasound or another image, see
+    `slides.node_images`): `modality` says which; whole slides keep `modality="slide"`.
+    """
+
+    class Modality(models.TextChoices):
+        SLIDE = "slide", "Whole slide"
+        CT = "ct", "CT"
+        ULTRASOUND = "ultrasound", "Ultrasound"
+        IMAGE = "image", "Other image"
 
     node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="slides")
     name = models.CharField(max_length=255)
@@ -109,6 +119,18 @@ class Slide(models.Model):
     magnification = models.FloatField(null=True, blank=True)
     associated_images = models.JSONField(default=list, blank=True)
     synthetic = models.BooleanField(default=False, help_text="Generated slide, never real tissue")
+    modality = models.CharField(
+        max_length=12,
+        choices=Modality.choices,
+        default=Modality.SLIDE,
+        help_text="Whole slide, or a plain image of the node (CT, ultrasound, other)",
+    )
+    window_center = models.FloatField(
+        null=True, blank=True, help_text="Default display window centre (CT: HU, from DICOM)"
+    )
+    window_width = models.FloatField(
+        null=True, blank=True, help_text="Default display window width (CT: HU, from DICOM)"
+    )
     imported_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -119,6 +141,11 @@ class Slide(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def is_node_image(self) -> bool:
+        """A plain image (CT, ultrasound, other) rather than a whole slide."""
+        return self.modality != self.Modality.SLIDE
 
     @property
     def mpp(self) -> float | None:
