@@ -1,4 +1,5 @@
-"""Patch classifiers in plain PyTorch (no torchvision): MobileNetV2 and ResNet, a name registry,
+"""Patch and image classifiers in plain PyTorch (no torchvision): MobileNetV2, ResNet (18, 50 and
+a small variant) and Inception-v3, a name registry,
 and loading of torchvision-format pretrained weights from a local file.
 
 Importing this package does not import torch until a name below is first used (PEP 562 lazy
@@ -11,13 +12,20 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-MODEL_NAMES: tuple[str, ...] = ("mobilenetv2", "resnet18", "resnet-small")
+MODEL_NAMES: tuple[str, ...] = (
+    "mobilenetv2",
+    "resnet18",
+    "resnet-small",
+    "resnet50",
+    "inception-v3",
+)
 
 _LAZY = {
     "build_model": "registry",
     "canonical_name": "registry",
     "MobileNetV2": "mobilenetv2",
     "ResNet": "resnet",
+    "InceptionV3": "inception",
     "PatchClassifier": "layers",
     "LoadReport": "weights",
     "load_torchvision_state_dict": "weights",
@@ -27,6 +35,7 @@ _LAZY = {
 
 __all__ = [
     "MODEL_NAMES",
+    "InceptionV3",
     "LoadReport",
     "MobileNetV2",
     "PatchClassifier",
@@ -39,6 +48,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .inception import InceptionV3
     from .layers import PatchClassifier
     from .mobilenetv2 import MobileNetV2
     from .registry import build_model, canonical_name

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .inception import InceptionV3
 from .layers import PatchClassifier
 from .mobilenetv2 import MobileNetV2
 from .resnet import ResNet
@@ -19,12 +20,25 @@ _PRESETS: dict[str, tuple[Callable[..., PatchClassifier], dict[str, Any]]] = {
         ResNet,
         {"blocks": (2, 2, 2, 2), "widths": (32, 64, 128, 256), "stem": "small"},
     ),
+    "resnet50": (
+        ResNet,
+        {
+            "blocks": (3, 4, 6, 3),
+            "widths": (64, 128, 256, 512),
+            "stem": "imagenet",
+            "block": "bottleneck",
+        },
+    ),
+    "inception-v3": (InceptionV3, {}),
 }
 _ALIASES = {
     "mobilenet_v2": "mobilenetv2",
     "mobilenet-v2": "mobilenetv2",
     "resnet-18": "resnet18",
     "resnet_small": "resnet-small",
+    "resnet-50": "resnet50",
+    "inception_v3": "inception-v3",
+    "inceptionv3": "inception-v3",
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_PRESETS)
 
