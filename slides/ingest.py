@@ -366,8 +366,9 @@ class ImportReport:
 
 
 def read_manifest(manifest: Path) -> list[dict[str, str]]:
-    """Rows of a CSV manifest with columns case, node, file and optional status, patient and
-    project_type ("lymph-node", the default for new cases, or "biopsy")."""
+    """Rows of a CSV manifest with columns case, node, file and optional status, patient,
+    project_type ("lymph-node", the default for new cases, or "biopsy"), modality ("slide", the
+    default, or ct, ultrasound, image for node images) and window_center, window_width."""
     with open(manifest, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         header = [h.strip().lower() for h in reader.fieldnames or []]
@@ -433,6 +434,7 @@ def _import_row(
             file_field, f"unknown status {row.get('status')!r} (use positive, negative or unknown)"
         )
     truth = GROUND_TRUTH_WORDS[status_word]
+    node_image = _node_image_options(row, file_field)
     project_type = None
     if row.get("project_type"):
         try:
@@ -450,7 +452,41 @@ def _import_row(
         if truth != Node.GroundTruth.UNKNOWN and node.ground_truth != truth:
             node.ground_truth = truth
             node.save(update_fields=["ground_truth"])
+        if node_image is not None:
+            from .node_images import register_node_image
+
+            return register_node_image(
+                node=node, path=path, user=user, synthetic=synthetic, **node_image
+            )
         return register_slide(node=node, path=path, user=user, synthetic=synthetic)
+
+
+def _node_image_options(row: dict[str, str], file_field: str) -> dict | None:
+    """The modality and window of a node-image row (modality ct, ultrasound or image); None for
+    a whole slide (no modality, or "slide")."""
+    from .node_images import check_window, parse_modality
+
+    word = row.get("modality", "").strip().lower()
+    window = {}
+    for column in ("window_center", "window_width"):
+        text = row.get(column, "").strip()
+        if text:
+            try:
+                window[column] = float(text)
+            except ValueError:
+                raise SlideImportError(file_field, f"{column} {text!r} is not a number") from None
+    if word in {"", "slide", "wsi"}:
+        if window:
+            raise SlideImportError(
+                file_field, "window_center/window_width apply to node images (modality ct, ...)"
+            )
+        return None
+    try:
+        modality = parse_modality(word)
+        check_window(window.get("window_center"), window.get("window_width"))
+    except ValueError as exc:
+        raise SlideImportError(file_field, str(exc)) from exc
+    return {"modality": modality, **window}
 
 
 def _find_node(

@@ -216,7 +216,9 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, dict]:
     from pydicom.pixels import apply_rescale
 
     try:
-        ds = pydicom.dcmread(path, force=True)
+        with warnings.catch_warnings():  # pydicom warns on every odd element; we judge below
+            warnings.simplefilter("ignore", UserWarning)
+            ds = pydicom.dcmread(path, force=True)
     except Exception as exc:  # noqa: BLE001
         raise SlideImportError(path, f"corrupt DICOM header ({_short(exc)})") from exc
     if "PixelData" not in ds:

@@ -34,6 +34,9 @@ class SlideSerializer(serializers.ModelSerializer):
             "mpp_y",
             "magnification",
             "synthetic",
+            "modality",
+            "window_center",
+            "window_width",
             "imported_at",
             "tilesource_url",
             "thumbnail_url",
@@ -87,6 +90,28 @@ class CaseSerializer(serializers.ModelSerializer):
 
 
 class SlideUploadSerializer(serializers.Serializer):
+    """An upload: a whole slide by default, or a node image with `modality` ct, ultrasound or
+    image (and, optionally, its default display window)."""
+
     node = serializers.IntegerField()
     file = serializers.FileField()
     name = serializers.CharField(required=False, max_length=255)
+    modality = serializers.ChoiceField(choices=Slide.Modality.choices, required=False)
+    window_center = serializers.FloatField(required=False)
+    window_width = serializers.FloatField(required=False, min_value=0.001)
+
+    def validate(self, attrs: dict) -> dict:
+        windowed = ("window_center" in attrs) + ("window_width" in attrs)
+        if windowed == 1:
+            raise serializers.ValidationError(
+                {"window_width": ["give both window_center and window_width, or neither"]}
+            )
+        if windowed and attrs.get("modality", Slide.Modality.SLIDE) == Slide.Modality.SLIDE:
+            raise serializers.ValidationError(
+                {
+                    "modality": [
+                        "a display window needs a node image modality (ct, ultrasound, image)"
+                    ]
+                }
+            )
+        return attrs

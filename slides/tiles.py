@@ -8,6 +8,9 @@
   re-encoded.
 - The ETag depends only on checksum and tile address, so a conditional request is answered 304
   without touching the file.
+- Node images (CT, ultrasound, other plain images; `slides.node_images`) have no large-image
+  source: their tiles are cut from `render_node_image` in the same z/x/y scheme, and the display
+  window is part of the cache key and the ETag.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from PIL import Image
 
 from .models import Slide
 from .native import NativeJpegTiles
+from .node_images import SOURCE as NODE_IMAGE_SOURCE
+from .node_images import node_image_thumbnail, node_image_tile
 from .sources import open_source
 
 
@@ -73,7 +78,16 @@ class TileNotFound(Exception):
     """A tile address outside the slide's pyramid."""
 
 
+class NotAWholeSlide(Exception):
+    """A node image (CT, ultrasound, other) asked for as a whole slide (large-image source)."""
+
+
 def open_slide(slide: Slide) -> OpenSlide:
+    if slide.source == NODE_IMAGE_SOURCE:
+        raise NotAWholeSlide(
+            f"slide {slide.pk} is a {slide.get_modality_display()} image, not a whole slide; "
+            "read it with slides.node_images.render_node_image"
+        )
     geometry = {
         "width": slide.width,
         "height": slide.height,
@@ -89,8 +103,10 @@ def source_for(slide: Slide):
     return open_slide(slide).source
 
 
-def tile_etag(checksum: str, z: int, x: int, y: int) -> str:
-    return f'"{checksum[:20]}-{z}-{x}-{y}"'
+def tile_etag(checksum: str, z: int, x: int, y: int, *, window_tag: str = "") -> str:
+    """The ETag of a tile; a node image's tiles also depend on the display window."""
+    suffix = f"-w{window_tag}" if window_tag else ""
+    return f'"{checksum[:20]}-{z}-{x}-{y}{suffix}"'
 
 
 def tile_in_pyramid(
@@ -113,8 +129,19 @@ def tile_in_pyramid(
     return x < -(-level_w // tile_width) and y < -(-level_h // tile_height)
 
 
-def get_tile(slide: Slide, z: int, x: int, y: int, *, use_cache: bool = True) -> bytes:
-    """JPEG bytes of one tile (large-image z/x/y), from the tile cache or the slide file."""
+def get_tile(
+    slide: Slide,
+    z: int,
+    x: int,
+    y: int,
+    *,
+    use_cache: bool = True,
+    window: tuple[float, float] | None = None,
+    window_tag: str = "",
+) -> bytes:
+    """JPEG bytes of one tile (large-image z/x/y), from the tile cache or the slide file.
+
+    `window` (centre, width) and its `window_tag` apply to node images only."""
     if not tile_in_pyramid(
         width=slide.width,
         height=slide.height,
@@ -128,11 +155,16 @@ def get_tile(slide: Slide, z: int, x: int, y: int, *, use_cache: bool = True) ->
         raise TileNotFound(f"tile {z}/{x}/{y} is outside the pyramid of slide {slide.pk}")
     cache = caches["tiles"]
     key = f"tile:{slide.checksum[:24]}:{z}:{x}:{y}"
+    if slide.source == NODE_IMAGE_SOURCE:
+        key += f":{window_tag or 'default'}"
     if use_cache:
         data = cache.get(key)
         if data is not None:
             return data
-    data = read_tile(slide, z, x, y)
+    if slide.source == NODE_IMAGE_SOURCE:
+        data = node_image_tile(slide, z, x, y, window=window)
+    else:
+        data = read_tile(slide, z, x, y)
     if use_cache:
         cache.set(key, data)
     return data
@@ -152,6 +184,9 @@ def get_thumbnail(slide: Slide, *, max_size: int = 256) -> bytes:
     cache = caches["tiles"]
     key = f"thumb:{slide.checksum[:24]}:{max_size}"
     data = cache.get(key)
+    if data is None and slide.source == NODE_IMAGE_SOURCE:
+        data = node_image_thumbnail(slide, max_size=max_size)
+        cache.set(key, data)
     if data is None:
         data, _mime = source_for(slide).getThumbnail(
             width=max_size, height=max_size, encoding="JPEG"
@@ -163,7 +198,7 @@ def get_thumbnail(slide: Slide, *, max_size: int = 256) -> bytes:
 
 def get_associated_image(slide: Slide, name: str) -> bytes | None:
     """A label, macro or thumbnail image stored in the slide file, as JPEG; None if absent."""
-    if name not in (slide.associated_images or []):
+    if slide.source == NODE_IMAGE_SOURCE or name not in (slide.associated_images or []):
         return None
     image = source_for(slide).getAssociatedImage(name, encoding="JPEG")
     if image is None:

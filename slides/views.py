@@ -29,6 +29,14 @@ from .access import cases_for, has_role, nodes_for, slides_for
 from .auth import api_user, visible_slide_fields
 from .ingest import SlideImportError, register_slide
 from .models import Role, Slide
+from .node_images import (
+    NODE_IMAGE_SUFFIXES,
+    WINDOW_PRESETS,
+    effective_window,
+    parse_window_query,
+    register_node_image,
+)
+from .node_images import SOURCE as NODE_IMAGE_SOURCE
 from .serializers import CaseSerializer, NodeSerializer, SlideSerializer, SlideUploadSerializer
 from .sources import SLIDE_SUFFIXES
 from .uploads import ARCHIVE_SUFFIXES, SafeMultiPartParser
@@ -78,13 +86,17 @@ TILE_FIELDS = (
     "levels",
     "tile_width",
     "tile_height",
+    "source",
+    "modality",
+    "window_center",
+    "window_width",
 )
 
 
 def _visible_slide(request: HttpRequest, pk: int) -> Slide | HttpResponse:
     """The slide's tile fields if the requester may see it; 403 without login; 404 otherwise
     (the grant cached per credential, see `slides.auth.visible_slide_fields`)."""
-    return visible_slide_fields(request, pk, fields=TILE_FIELDS, purpose="tileperm")
+    return visible_slide_fields(request, pk, fields=TILE_FIELDS, purpose="tileperm2")
 
 
 def _private_cache(response: HttpResponse, etag: str) -> HttpResponse:
@@ -96,15 +108,26 @@ def _private_cache(response: HttpResponse, etag: str) -> HttpResponse:
 
 @require_GET
 def slide_tile(request: HttpRequest, pk: int, z: int, x: int, y: int) -> HttpResponse:
-    """One JPEG tile in large-image's z/x/y scheme (z=0: whole slide in one tile)."""
+    """One JPEG tile in large-image's z/x/y scheme (z=0: whole slide in one tile).
+
+    Node images take a display window: `?window=centre,width` or `?preset=lung` (see
+    `slides.node_images.WINDOW_PRESETS`); a malformed one is answered 400 naming it."""
     slide = _visible_slide(request, pk)
     if isinstance(slide, HttpResponse):
         return slide
-    etag = tiles.tile_etag(slide.checksum, z, x, y)
+    window, window_tag = None, ""
+    if slide.source == NODE_IMAGE_SOURCE:
+        try:
+            window, window_tag = parse_window_query(
+                request.GET.get("window"), request.GET.get("preset")
+            )
+        except ValueError as exc:
+            return JsonResponse({"detail": str(exc)}, status=400)
+    etag = tiles.tile_etag(slide.checksum, z, x, y, window_tag=window_tag)
     if etag in request.headers.get("If-None-Match", ""):
         return _private_cache(HttpResponse(status=304), etag)
     try:
-        data = tiles.get_tile(slide, z, x, y)
+        data = tiles.get_tile(slide, z, x, y, window=window, window_tag=window_tag)
     except tiles.TileNotFound as exc:
         raise Http404(str(exc)) from exc
     return _private_cache(HttpResponse(data, content_type="image/jpeg"), etag)
@@ -124,6 +147,8 @@ def slide_tilesource(request: HttpRequest, pk: int) -> HttpResponse:
     )
     return JsonResponse(
         {
+            "modality": slide.modality,
+            **_display_window(slide),
             "id": slide.pk,
             "name": slide.name,
             "width": slide.width,
@@ -136,6 +161,26 @@ def slide_tilesource(request: HttpRequest, pk: int) -> HttpResponse:
             "tileUrl": tile_url,
         }
     )
+
+
+def _display_window(slide: Slide) -> dict:
+    """For node images whose values need a window: the default window and the CT presets."""
+    if slide.source != NODE_IMAGE_SOURCE:
+        return {"windowed": False}
+    try:
+        window = effective_window(slide, None)
+    except SlideImportError:  # the file went missing or broke since import; tiles will 404/500
+        window = None
+    if window is None:
+        return {"windowed": False}
+    presets = WINDOW_PRESETS if slide.modality == Slide.Modality.CT else {}
+    return {
+        "windowed": True,
+        "window": {"center": window[0], "width": window[1]},
+        "windowPresets": [
+            {"name": name, "center": c, "width": w} for name, (c, w) in presets.items()
+        ],
+    }
 
 
 @require_GET
@@ -218,6 +263,9 @@ def _too_large(size: int) -> Response:
 class SlideViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     """Slides the user may see; POST (multipart: node, file[, name]) uploads and registers one.
 
+    With `modality` ct, ultrasound or image (and optional window_center, window_width) the file is
+    a node image (PNG, JPEG, TIFF, single-frame DICOM; `slides.node_images`).
+
     Uploads are refused (4xx, nothing stored) when the request is larger than MAX_UPLOAD_BYTES
     (413, judged from Content-Length before the body is read), when the file name has a directory
     part, when the type is not a slide (archives included: nothing is unpacked), and when the file
@@ -259,11 +307,19 @@ class SlideViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
                     ]
                 }
             )
-        if Path(name).suffix.lower() not in SLIDE_SUFFIXES:
+        modality = upload.validated_data.get("modality") or Slide.Modality.SLIDE
+        suffixes = SLIDE_SUFFIXES if modality == Slide.Modality.SLIDE else NODE_IMAGE_SUFFIXES
+        if Path(name).suffix.lower() not in suffixes:
+            hint = (
+                "; for a CT, ultrasound or other plain image send modality=ct, ultrasound or image"
+                if modality == Slide.Modality.SLIDE
+                and Path(name).suffix.lower() in NODE_IMAGE_SUFFIXES
+                else ""
+            )
             raise ValidationError(
                 {
                     "file": [
-                        f"unsupported file type {Path(name).suffix or '(none)'!r}; expected one of {sorted(SLIDE_SUFFIXES)}"
+                        f"unsupported file type {Path(name).suffix or '(none)'!r}; expected one of {sorted(suffixes)}{hint}"
                     ]
                 }
             )
@@ -276,12 +332,23 @@ class SlideViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
             with open(target, "wb") as out:
                 for chunk in file.chunks():
                     out.write(chunk)
-            slide = register_slide(
-                node=node,
-                path=target,
-                name=upload.validated_data.get("name") or name,
-                user=request.user,
-            )
+            if modality == Slide.Modality.SLIDE:
+                slide = register_slide(
+                    node=node,
+                    path=target,
+                    name=upload.validated_data.get("name") or name,
+                    user=request.user,
+                )
+            else:
+                slide = register_node_image(
+                    node=node,
+                    path=target,
+                    modality=modality,
+                    name=upload.validated_data.get("name") or name,
+                    user=request.user,
+                    window_center=upload.validated_data.get("window_center"),
+                    window_width=upload.validated_data.get("window_width"),
+                )
         except SlideImportError as exc:
             shutil.rmtree(folder, ignore_errors=True)
             raise ValidationError({"file": [f"{name}: {exc.reason}"]}) from exc

@@ -13,6 +13,7 @@ import { mountAnnotations } from "./annotations.js";
 import { mountHeatmap } from "./heatmap.js";
 import { mountGradcam } from "./gradcam.js";
 import { mountAttention } from "./attention.js";
+import { mountWindowing } from "./windowing.js";
 
 /** Round physical lengths the scale bar may show, in micrometres. */
 export const SCALE_LENGTHS_UM = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000];
@@ -48,6 +49,7 @@ export async function fetchTileSource(url) {
  */
 export function tileSourceFor(info) {
   const template = info.tileUrl;
+  // `info.tileQuery` (e.g. "?preset=lung" for a CT image, see windowing.js) is read on every call.
   return {
     width: info.width,
     height: info.height,
@@ -57,7 +59,7 @@ export function tileSourceFor(info) {
     minLevel: 0,
     maxLevel: Math.max(0, info.levels - 1),
     getTileUrl(level, x, y) {
-      return template.replace("{z}", level).replace("{x}", x).replace("{y}", y);
+      return template.replace("{z}", level).replace("{x}", x).replace("{y}", y) + (info.tileQuery || "");
     },
   };
 }
@@ -79,8 +81,10 @@ export function imageZoom(viewer) {
   return item.viewportToImageZoom(viewer.viewport.getZoom(true));
 }
 
-/** Objective power at level 0: the scanner's if known, else derived from µm/px (10× ≈ 1 µm/px). */
+/** Objective power at level 0: the scanner's if known, else derived from µm/px (10× ≈ 1 µm/px).
+ * None for CT, ultrasound and other plain images (no objective). */
 export function baseMagnification(info) {
+  if (info.modality && info.modality !== "slide") return null;
   if (info.magnification) return Number(info.magnification);
   if (info.mpp) return 10 / Number(info.mpp);
   return null;
@@ -302,6 +306,7 @@ export function boot(root = document) {
       window.nodescopeViewer = viewer;
       const detail = { viewer, info: viewer.nodescope.info };
       document.dispatchEvent(new CustomEvent("nodescope:viewer-open", { detail }));
+      viewer.nodescope.windowing = mountWindowing(viewer, viewer.nodescope.info);
       // Drawing tools, where the page has a toolbar for them (slides/viewer.html).
       if (document.getElementById("annotation-toolbar")) {
         mountAnnotations(viewer, { toolbar: "annotation-toolbar" }).catch((error) => console.error(error));

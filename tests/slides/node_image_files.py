@@ -111,6 +111,12 @@ def write_dicom(
         ds.PixelSpacing = list(spacing_mm)
     if window:
         ds.WindowCenter, ds.WindowWidth = window
-    ds.PixelData = stored.tobytes()
+    if meta.TransferSyntaxUID.is_compressed:  # fake compressed frames (tests of refusals)
+        from pydicom.encaps import encapsulate
+
+        ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + stored.tobytes()[:256]])
+        ds["PixelData"].VR = "OB"
+    else:
+        ds.PixelData = stored.tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path

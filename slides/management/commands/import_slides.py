@@ -14,7 +14,9 @@ from slides.models import Lab, Node
 class Command(BaseCommand):
     help = (
         "Import slides. Either a CSV manifest (columns case,node,file[,status,patient,"
-        "project_type]; or a folder holding manifest.csv), or files given with --node."
+        "project_type,modality,window_center,window_width]; or a folder holding manifest.csv), "
+        "or files given with --node. Rows with modality ct, ultrasound or image are node images "
+        "(PNG, JPEG, TIFF, single-frame DICOM)."
     )
 
     def add_arguments(self, parser):
