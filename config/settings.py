@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "review",
     "audit",
     "clinical",
+    "studies",
 ]
 
 MIDDLEWARE = [

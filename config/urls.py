@@ -14,10 +14,11 @@ from review import urls as review_urls
 from slides import urls as slide_urls
 from slides import views as slide_views
 from slides.auth import ThrottledLoginView
+from studies import urls as study_urls
 
 api_urls = []
 # Each domain app contributes its own API routes (annotations, inference, review) when present.
-for app in ("annotations", "inference", "review", "clinical"):
+for app in ("annotations", "inference", "review", "clinical", "studies"):
     if find_spec(f"{app}.urls") is not None:
         api_urls.append(path("", include(f"{app}.urls")))
 api_urls.append(path("", include("inference.heatmap_urls")))
@@ -35,4 +36,5 @@ urlpatterns = [
     path("", include(review_urls.page_urls)),
     path("", include(slide_urls.page_urls)),
     path("", include("clinical.page_urls")),
+    path("", include(study_urls.page_urls)),
 ]
