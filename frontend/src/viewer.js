@@ -306,7 +306,9 @@ export function boot(root = document) {
       window.nodescopeViewer = viewer;
       const detail = { viewer, info: viewer.nodescope.info };
       document.dispatchEvent(new CustomEvent("nodescope:viewer-open", { detail }));
-      viewer.nodescope.windowing = mountWindowing(viewer, viewer.nodescope.info);
+      viewer.nodescope.windowing = mountWindowing(viewer, viewer.nodescope.info, {
+        makeTileSource: () => tileSourceFor(viewer.nodescope.info),
+      });
       // Drawing tools, where the page has a toolbar for them (slides/viewer.html).
       if (document.getElementById("annotation-toolbar")) {
         mountAnnotations(viewer, { toolbar: "annotation-toolbar" }).catch((error) => console.error(error));

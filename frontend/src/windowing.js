@@ -5,7 +5,7 @@
  * default window (`window: {center, width}`) and, for CT, the presets (`windowPresets`). For
  * those, `mountWindowing(viewer, info)` puts a preset selector (plus custom centre/width) in the
  * viewer bar; choosing one sets `info.tileQuery` (`?preset=lung` or `?window=40,400`), which the
- * tile source appends to every tile URL, and reloads the tiles of the slide and the navigator.
+ * tile source appends to every tile URL, and reloads the image (`makeTileSource`, from viewer.js).
  * Ultrasound and other plain images get no selector.
  */
 
@@ -16,14 +16,21 @@ export function windowQuery(choice) {
   return `?window=${encodeURIComponent(`${choice.center},${choice.width}`)}`;
 }
 
-/** Drop loaded tiles of the base image (and the navigator's copy) so they load with the new URL. */
-function reloadTiles(viewer) {
-  for (const world of [viewer.world, viewer.navigator?.world]) {
-    const item = world && world.getItemCount() > 0 ? world.getItemAt(0) : null;
-    if (item) item.reset();
-  }
-  viewer.forceRedraw();
-  viewer.navigator?.forceRedraw?.();
+/**
+ * Reload the base image with the new tile URLs: OpenSeadragon keeps each tile's URL once made, so
+ * the base item (index 0, under any overlays) is replaced by a fresh one from `makeTileSource()`
+ * (the navigator follows). Resolves when the new item is in the world.
+ */
+function reloadTiles(viewer, makeTileSource) {
+  return new Promise((resolve, reject) => {
+    viewer.addTiledImage({
+      tileSource: makeTileSource(),
+      index: 0,
+      replace: true,
+      success: (event) => resolve(event.item),
+      error: (event) => reject(new Error(event.message || "could not reload the image")),
+    });
+  });
 }
 
 function el(tag, attrs = {}, text = "") {
@@ -37,7 +44,7 @@ function el(tag, attrs = {}, text = "") {
  * Mount the window selector for a CT image; returns {element, set(choice)} or null when the image
  * has no presets (ultrasound, 8-bit images, whole slides).
  */
-export function mountWindowing(viewer, info, { host = null } = {}) {
+export function mountWindowing(viewer, info, { makeTileSource, host = null } = {}) {
   const presets = info.windowed ? info.windowPresets || [] : [];
   if (!presets.length) return null;
   const bar = host || document.querySelector(".viewer-bar") || viewer.element;
@@ -67,8 +74,11 @@ export function mountWindowing(viewer, info, { host = null } = {}) {
     const query = windowQuery(choice);
     if (query === (info.tileQuery || "")) return;
     info.tileQuery = query;
-    document.body.dataset.window = query || "default";
-    reloadTiles(viewer);
+    reloadTiles(viewer, makeTileSource)
+      .then(() => {
+        document.body.dataset.window = query || "default";
+      })
+      .catch((error) => console.error(error));
   };
   select.addEventListener("change", () => {
     custom.hidden = select.value !== "custom";
