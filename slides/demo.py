@@ -1,4 +1,5 @@
-"""Demo data: a lab, three users (one per role), generated lymph-node cases and the real CMU-1 slide.
+"""Demo data: a lab, three users (one per role), generated lymph-node cases, the real CMU-1 slide,
+and one CT and one ultrasound case of generated node images (`inference.synthetic_images`).
 
 Generated slides are marked `synthetic` everywhere they appear; they are never presented as real
 tissue. Running it twice reuses what is there (users, cases and already registered slide files).
@@ -115,11 +116,49 @@ def load_demo(*, size: int = 6000, progress: Callable[[str], None] = print) -> D
         report.failed += real.failed
     else:
         progress("../shared/data is not here: the demo has generated slides only")
+    images = load_demo_node_images(lab=lab, folder=folder / "node-images", progress=progress)
+    report.imported += images.imported
+    report.failed += images.failed
     return DemoResult(users=users, report=report)
 
 
-def _write_manifest(path: Path, rows: list[dict[str, str]]) -> None:
+# (case, modality, patient): one case per modality, four generated node images each.
+DEMO_IMAGE_CASES = (
+    ("DEMO-26-CT1", "ct", "PX-DEMO-CT1"),
+    ("DEMO-26-US1", "ultrasound", "PX-DEMO-US1"),
+)
+
+
+def load_demo_node_images(
+    *, lab: Lab, folder: Path, progress: Callable[[str], None] = print, per_case: int = 4
+) -> ImportReport:
+    """Generate (once) and import one CT case (DICOM, HU) and one ultrasound case (PNG), each
+    with `per_case` node images, metastatic and benign mixed; all marked synthetic."""
+    from inference.synthetic_images import write_node_image_set
+
+    report = ImportReport()
+    for case, modality, patient in DEMO_IMAGE_CASES:
+        sub = folder / modality
+        manifest = sub / "demo-manifest.csv"
+        if not manifest.exists():
+            progress(f"generating {per_case} synthetic {modality} node images for {case}")
+            # Two generated patients (one metastatic, one benign), their images pooled in one case.
+            generated = write_node_image_set(
+                sub, modality=modality, n_patients=2, images_per_patient=per_case // 2, seed=7
+            )
+            with open(generated, newline="", encoding="utf-8") as fh:
+                rows = list(csv.DictReader(fh))
+            for i, row in enumerate(rows, start=1):
+                row.update(case=case, node=f"node {i}", patient=patient)
+            _write_manifest(manifest, rows, extra=("patient", "modality"))
+        part = import_manifest(manifest=manifest, lab=lab, create_missing=True, synthetic=True)
+        report.imported += part.imported
+        report.failed += part.failed
+    return report
+
+
+def _write_manifest(path: Path, rows: list[dict[str, str]], *, extra: tuple[str, ...] = ()) -> None:
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["case", "node", "file", "status"])
+        writer = csv.DictWriter(fh, fieldnames=["case", "node", "file", "status", *extra])
         writer.writeheader()
         writer.writerows(rows)

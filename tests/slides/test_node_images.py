@@ -413,3 +413,29 @@ def test_box_and_polygon_annotations_on_a_node_image(people, node, tmp_path):
     rows = listed["results"] if isinstance(listed, dict) else listed
     assert len(rows) == 2
     assert _client(people.outsider).get(url).status_code == 404
+
+
+# ---- demo --------------------------------------------------------------------------------------
+
+
+def test_demo_adds_a_ct_and_an_ultrasound_case(people, tmp_path):
+    from slides.demo import load_demo_node_images
+
+    messages: list[str] = []
+    report = load_demo_node_images(
+        lab=people.lab, folder=tmp_path / "demo", progress=messages.append
+    )
+    assert report.ok, report.failed
+    assert sorted({s.modality for s in report.imported}) == ["ct", "ultrasound"]
+    for accession in ("DEMO-26-CT1", "DEMO-26-US1"):
+        case = Case.objects.get(accession_number=accession)
+        truths = sorted(case.nodes.values_list("ground_truth", flat=True))
+        assert truths == ["negative", "negative", "positive", "positive"]
+    ct = next(s for s in report.imported if s.modality == "ct")
+    assert ct.synthetic and ct.mpp and ct.window_width  # PixelSpacing and a window from the header
+    assert render_node_image(ct).mode == "L"
+    again = load_demo_node_images(
+        lab=people.lab, folder=tmp_path / "demo", progress=messages.append
+    )
+    assert not again.imported and all("already imported" in r for _i, _f, r in again.failed)
+    assert len([m for m in messages if m.startswith("generating")]) == 2  # generated once
