@@ -501,14 +501,19 @@ def record_answer(
 
 
 def blind_tilesource(slide: Slide) -> dict:
-    """What the viewer needs to open an image, without its name (names can carry the case or
-    the diagnosis, e.g. CAMELYON's `tumor_001`)."""
+    """What the viewer needs to open an image (size, tiles, scale, modality and the CT window
+    presets), without its name (names can carry the case or the diagnosis, e.g. CAMELYON's
+    `tumor_001`) or id."""
     from django.urls import reverse
+
+    from slides.views import _display_window  # the CT window and presets, as the slide viewer
 
     tile_url = reverse("slide-tile", args=[slide.pk, 0, 0, 0]).replace(
         "/0/0/0.jpg", "/{z}/{x}/{y}.jpg"
     )
     return {
+        "modality": slide.modality,
+        **_display_window(slide),
         "width": slide.width,
         "height": slide.height,
         "tileWidth": slide.tile_width,

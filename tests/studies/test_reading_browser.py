@@ -1,0 +1,81 @@
+"""The reading page in a real browser (Debian's Chromium through Playwright, live_server): the
+reader sees each image in the viewer, answers with the buttons and a confidence, and is moved on
+to their next image; the page names no case, node or image."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.browser import browser_marks
+
+pytestmark = browser_marks("viewer.js")
+SCREENSHOT = Path(os.environ.get("NODESCOPE_READING_SCREENSHOT", "/tmp/reading.png"))
+TILE_URL = re.compile(r"/api/slides/\d+/tiles/\d+/\d+/\d+\.jpg$")
+
+
+@pytest.fixture
+def study(transactional_db, people, case, tiny_tiff, tmp_path):
+    from slides.ingest import register_slide
+    from slides.models import Node
+    from studies import services
+    from tests.factories import gradient_image, write_pyramid_tiff
+
+    nodes = list(case.nodes.order_by("label"))
+    Node.objects.filter(pk=nodes[0].pk).update(ground_truth="positive")
+    other = write_pyramid_tiff(tmp_path / "second.tiff", gradient_image(900, 600, seed=3), mpp=0.5)
+    slides = [
+        register_slide(node=nodes[0], path=tiny_tiff, user=people.pathologist),
+        register_slide(node=nodes[1], path=other, user=people.pathologist),
+    ]
+    created = services.create_study(
+        user=people.lab_lead,
+        data={
+            "name": "Browser study",
+            "lab": people.lab.pk,
+            "instructions": "Call each image.",
+            "images": [s.pk for s in slides],
+            "readers": [people.pathologist.pk],
+        },
+    )
+    return services.open_study(study=created, user=people.lab_lead)
+
+
+def test_reader_answers_every_image_in_the_viewer(page, live_server, people, case, study):
+    from studies.models import ReaderAnswer, StudyReader
+    from tests.factories import PASSWORD
+
+    tiles: list[tuple[str, int]] = []
+    page.on(
+        "response",
+        lambda r: tiles.append((r.url, r.status)) if TILE_URL.search(r.url.split("?")[0]) else None,
+    )
+    page.goto(f"{live_server.url}/login/")
+    page.fill("input[name=username]", people.pathologist.username)
+    page.fill("input[name=password]", PASSWORD)
+    page.locator("form[action$='/login/'] button[type=submit]").click()
+    page.wait_for_url(f"{live_server.url}/")
+    page.goto(f"{live_server.url}/studies/")
+    page.get_by_role("link", name="Read", exact=True).click()
+    order = StudyReader.objects.get(study=study, user=people.pathologist).order
+    for position, label in ((1, "Benign"), (2, "Metastatic")):
+        page.wait_for_selector('body[data-viewer-ready="1"]', state="attached", timeout=30_000)
+        assert page.locator("#reading-position").inner_text() == str(position)
+        text = page.locator("body").inner_text()
+        for secret in (case.accession_number, "level II", "tiny", "second"):
+            assert secret not in text
+        if position == 1:
+            page.screenshot(path=str(SCREENSHOT))
+        page.get_by_label("4").check()
+        page.get_by_role("button", name=label, exact=True).click()
+    page.wait_for_selector("text=You have answered all 2 images")
+    answers = {
+        a.image_id: (a.label, a.confidence)
+        for a in ReaderAnswer.objects.filter(study=study, reader=people.pathologist)
+    }
+    assert answers == {order[0]: ("benign", 4), order[1]: ("metastatic", 4)}
+    assert tiles and all(status == 200 for _, status in tiles)
+    assert page.console_errors == []
