@@ -5,9 +5,9 @@ for a slide of another lab; the check comes before any parameter is judged).
 ``GET /api/slides/<id>/mil-attention/?model_version=<id>`` computes the slide's attention raster
 (or finds it cached, :mod:`inference.mil_overlay`) and answers what the viewer needs: geometry,
 the tile URL, the number of patches, the most-attended patch and a legend. Without
-``model_version`` the case page's model is used (live, else newest). Bad ``model_version``: 400;
-no such MIL model, no outlines or no clinical data for a model that needs it: 409 with the reason,
-as the prediction API answers.
+``model_version`` the case page's model is used (live, else newest). Bad ``model_version`` (not an id, or no MIL model of that
+id): 400 naming it; no MIL model at all, no outlines or no clinical data for a model that needs
+it: 409 with the reason, as the prediction API answers.
 
 ``GET /api/slides/<id>/mil-attention/tiles/<z>/<x>/<y>.png?model_version=<id>&bag=<key>`` serves
 one tile of that immutable raster (ETag answered 304; encoded tiles cached in the ``tiles``
@@ -49,6 +49,13 @@ def _version_id(request: HttpRequest, *, required: bool) -> int | None | JsonRes
     return value
 
 
+def _is_mil_version(version_id: int) -> bool:
+    from .mil import MIL_STAGE
+    from .records import ModelVersion
+
+    return ModelVersion.objects.filter(pk=version_id, stage=MIL_STAGE).exists()
+
+
 @require_GET
 def attention_tilesource(request: HttpRequest, pk: int) -> HttpResponse:
     """The attention overlay of the slide from a MIL model version: tile URL and facts."""
@@ -58,6 +65,8 @@ def attention_tilesource(request: HttpRequest, pk: int) -> HttpResponse:
     version_id = _version_id(request, required=False)
     if isinstance(version_id, JsonResponse):
         return version_id
+    if version_id is not None and not _is_mil_version(version_id):
+        return _bad("model_version", f"no MIL model version {version_id}")
     slide = Slide.objects.select_related("node__case").get(pk=visible.pk)
     try:
         overlay = slide_attention(slide=slide, version_id=version_id)
