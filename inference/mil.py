@@ -29,6 +29,7 @@ This module:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -272,12 +273,12 @@ def bag_dir(extractor_key: str) -> Path:
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as fh:
-        np.save(fh, array)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Save ``array`` as ``.npy`` through :func:`config.files.write_atomically`."""
+    from config.files import write_atomically
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    write_atomically(path, buffer.getvalue())
 
 
 def case_bag(case, extractor: FeatureExtractor, grid: BagGrid) -> Bag:
