@@ -431,3 +431,22 @@ def test_make_dataset_command(world, capsys):
         call_command("make_dataset", "cli", "--slides", ids)
     with pytest.raises(CommandError, match="slide ids"):
         call_command("make_dataset", "x", "--slides", "a,b")
+
+
+def test_deleting_a_snapshot_removes_its_folder_once_the_deletion_commits(
+    world, django_capture_on_commit_callbacks
+):
+    from django.db import transaction
+
+    ds = snapshot(world, name="to-delete")
+    folder = ds.folder
+    assert (folder / "manifest.json").is_file()
+    # a deletion that rolls back keeps the folder
+    with django_capture_on_commit_callbacks(execute=False) as callbacks, transaction.atomic():
+        Dataset.objects.get(pk=ds.pk).delete()
+        transaction.set_rollback(True)
+    assert not callbacks and Dataset.objects.filter(pk=ds.pk).exists() and folder.is_dir()
+    with django_capture_on_commit_callbacks(execute=True):
+        Dataset.objects.get(pk=ds.pk).delete()
+    assert not Dataset.objects.filter(pk=ds.pk).exists()
+    assert not folder.exists()
