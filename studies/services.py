@@ -352,9 +352,34 @@ def store_model_answers(*, study: ReaderStudy, probabilities: dict[int, float]) 
     return len(images)
 
 
+def model_probabilities(version, slides: list[Slide]) -> dict[int, float]:
+    """The model's probability of metastatic per slide id: a node-image classifier runs over the
+    images (``inference.image_classifier.predict_images``); a patch classifier answers with each
+    whole slide's heat-map maximum from its latest scoring by that version (the node score is
+    the maximum over a node's slides), so slides it has not scored are refused with their ids."""
+    from inference.image_classifier import is_image_version, predict_images
+    from inference.records import HeatMap
+
+    if is_image_version(version):
+        return predict_images(version, slides)
+    latest: dict[int, float] = {}
+    for slide_id, score in (
+        HeatMap.objects.filter(model_version=version, slide__in=slides)
+        .order_by("slide_id", "-created_at", "-id")
+        .values_list("slide_id", "max_score")
+    ):
+        latest.setdefault(slide_id, score)
+    missing = [s.pk for s in slides if s.pk not in latest]
+    if missing:
+        raise StudyInputError(
+            {"model_version": f"{version.name} has not scored slide {missing[:20]}; rescore them"}
+        )
+    return latest
+
+
 def compute_model_answers(*, study_id: int) -> str:
-    """The body of the Celery task: run the study's model version over its images with
-    ``inference.image_classifier.predict_images`` and store the answers. Idempotent: only a
+    """The body of the Celery task: the study's model version's probabilities for its images
+    (:func:`model_probabilities`), stored as its answers. Idempotent: only a
     study whose model answers are pending, queued or failed is claimed (one worker wins)."""
     claimable = [
         ReaderStudy.ModelStatus.PENDING,
@@ -370,10 +395,8 @@ def compute_model_answers(*, study_id: int) -> str:
     if claimed != 1:
         return study.model_status
     try:
-        from inference.image_classifier import predict_images
-
         slides = [i.slide for i in study.images.select_related("slide")]
-        probabilities = predict_images(study.model_version, slides)
+        probabilities = model_probabilities(study.model_version, slides)
         store_model_answers(study=study, probabilities=probabilities)
     except Exception as exc:  # noqa: BLE001 - any failure ends the job with its reason
         ReaderStudy.objects.filter(pk=study_id).update(

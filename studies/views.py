@@ -21,7 +21,6 @@ from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.queueing import QueueUnavailable
 from slides.access import has_role, roles_of, slides_for
 from slides.models import Role
 
@@ -428,8 +427,6 @@ def study_detail_page(request: HttpRequest, pk: int) -> HttpResponse:
             else:
                 return HttpResponse("action must be open or close", status=400)
         except StudyStateError as exc:
-            error = str(exc)
-        except QueueUnavailable as exc:
             error = str(exc)
         else:
             return redirect("study-detail", pk=study.pk)

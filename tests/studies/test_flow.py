@@ -225,3 +225,38 @@ def test_answers_change_with_an_audit_trail_and_stop_at_closing(setup):
         f"/api/studies/{sid}/", {"name": "renamed"}, content_type="application/json"
     )
     assert edit.status_code == 409
+
+
+@pytest.mark.usefixtures("eager_tasks")
+def test_a_patch_model_answers_with_each_slides_latest_heat_map(
+    setup, django_capture_on_commit_callbacks
+):
+    """Whole slides and a patch classifier: the model's probability is the slide's heat-map
+    maximum from that version's latest scoring; a slide it never scored fails the job, named."""
+    from tests.review.factories import make_heatmap
+
+    slides = setup.slides[:3]
+    sid = create_study(setup, images=[s.pk for s in slides])["id"]
+    make_heatmap(slides[0], setup.version, max_score=0.2)
+    make_heatmap(slides[0], setup.version, max_score=0.75)  # rescored later: this one counts
+    make_heatmap(slides[1], setup.version, max_score=0.3)
+    assert setup.lead_client.post(f"/api/studies/{sid}/open/").status_code == 200
+    with django_capture_on_commit_callbacks(execute=True):
+        assert setup.lead_client.post(f"/api/studies/{sid}/close/").status_code == 200
+    study = ReaderStudy.objects.get(pk=sid)
+    assert study.model_status == "failed"
+    assert f"slide [{slides[2].pk}]" in study.model_status_reason
+    make_heatmap(slides[2], setup.version, max_score=0.5)
+    with django_capture_on_commit_callbacks(execute=True):
+        again = setup.lead_client.post(f"/api/studies/{sid}/model-answers/")
+    assert again.status_code == 202
+    study.refresh_from_db()
+    assert study.model_status == "done", study.model_status_reason
+    answers = {m.image.slide_id: (m.probability, m.label) for m in study.model_answers.all()}
+    assert answers == {
+        slides[0].pk: (0.75, "metastatic"),
+        slides[1].pk: (0.3, "benign"),
+        slides[2].pk: (0.5, "metastatic"),  # at the threshold counts as metastatic
+    }
+    # done: not queued again
+    assert setup.lead_client.post(f"/api/studies/{sid}/model-answers/").status_code == 409
