@@ -217,6 +217,11 @@ def test_bad_set_up_is_refused_with_the_reason_and_nothing_written(setup):
 def test_page_flow_create_open_read(setup):
     """The pages: create through the form, open, read with the buttons, close."""
     people = setup.people
+    form = setup.lead_client.get("/studies/new/")  # one lab: its images and users at once
+    assert form.status_code == 200
+    html = form.content.decode()
+    assert html.count('name="images"') == 22 and html.count('name="readers"') == 5
+    assert "S26-SECRET-77" in html and "image-model-under-study" in html
     response = setup.lead_client.post(
         "/studies/new/",
         {
