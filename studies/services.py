@@ -87,6 +87,24 @@ def can_see_answers(user, study: ReaderStudy) -> bool:
 # ---- setting up ---------------------------------------------------------------------------------
 
 
+def _whole_number(value: Any) -> int | None:
+    """An int (not a bool) or a string of digits, as an int; else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
+        return int(value)
+    return None
+
+
+def _text(value: Any, *, required: bool, limit: int) -> bool:
+    """True if `value` is acceptable text (no NUL characters, within `limit`)."""
+    if not isinstance(value, str) or "\x00" in value or len(value) > limit:
+        return False
+    return bool(value.strip()) or not required
+
+
 def _id_list(value: Any, field: str, errors: dict) -> list[int] | None:
     if value is None:
         return None
@@ -163,18 +181,18 @@ def create_study(*, user, data: dict) -> ReaderStudy:
     if unknown:
         raise StudyInputError({k: "unknown field" for k in unknown})
     name = data.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name) > 200:
-        errors["name"] = "required, at most 200 characters"
+    if not _text(name, required=True, limit=200):
+        errors["name"] = "required text, at most 200 characters"
     lab_id = data.get("lab")
     lab = None
-    if not isinstance(lab_id, int) or isinstance(lab_id, bool):
+    if not isinstance(lab_id, int) or isinstance(lab_id, bool) or not 0 < lab_id < 2**63:
         errors["lab"] = "required: the id of one of your labs"
     else:
         lab = managed_labs(user).filter(pk=lab_id).first()
         if lab is None:
             errors["lab"] = f"no lab {lab_id} among the labs you lead"
     instructions = data.get("instructions", "")
-    if not isinstance(instructions, str) or len(instructions) > 10000:
+    if not _text(instructions, required=False, limit=10000):
         errors["instructions"] = "must be text, at most 10,000 characters"
     image_ids = _id_list(data.get("images", []), "images", errors) or []
     reader_ids = _id_list(data.get("readers", []), "readers", errors) or []
@@ -219,13 +237,9 @@ def update_study(*, study: ReaderStudy, user, data: dict) -> ReaderStudy:
         )
     if study.status != ReaderStudy.Status.DRAFT:
         raise StudyStateError(f"the study is {study.status}; only a draft can be changed")
-    if "name" in data and (
-        not isinstance(data["name"], str) or not data["name"].strip() or len(data["name"]) > 200
-    ):
-        errors["name"] = "required, at most 200 characters"
-    if "instructions" in data and (
-        not isinstance(data["instructions"], str) or len(data["instructions"]) > 10000
-    ):
+    if "name" in data and not _text(data["name"], required=True, limit=200):
+        errors["name"] = "required text, at most 200 characters"
+    if "instructions" in data and not _text(data["instructions"], required=False, limit=10000):
         errors["instructions"] = "must be text, at most 10,000 characters"
     image_ids = _id_list(data.get("images"), "images", errors)
     reader_ids = _id_list(data.get("readers"), "readers", errors)
@@ -473,17 +487,12 @@ def record_answer(
     if confidence in ("", None):
         confidence = None
     else:
-        try:
-            confidence = int(confidence)
-        except (TypeError, ValueError):
-            confidence = 0
-        if not 1 <= confidence <= 5:
+        confidence = _whole_number(confidence)
+        if confidence is None or not 1 <= confidence <= 5:
             errors["confidence"] = "must be a whole number from 1 to 5, or empty"
-    try:
-        image_id = int(image_id)
-    except (TypeError, ValueError):
+    image_id = _whole_number(image_id)
+    if image_id is None:
         errors["image"] = "must be an image id of this study"
-        image_id = None
     if errors:
         raise StudyInputError(errors)
     with transaction.atomic():

@@ -196,6 +196,8 @@ def test_answers_change_with_an_audit_trail_and_stop_at_closing(setup):
         ({"image": image, "label": "maybe"}, "label"),
         ({"image": image, "label": "benign", "confidence": 7}, "confidence"),
         ({"image": 10**9, "label": "benign"}, "image"),
+        ({"image": True, "label": "benign"}, "image"),
+        ({"image": image, "label": "benign", "confidence": 1.5}, "confidence"),
     ):
         response = client.post(url, bad, content_type="application/json")
         assert response.status_code == 400 and field in response.json()
