@@ -312,6 +312,8 @@ def read_node_image(path: Path) -> tuple[np.ndarray, NodeImageInfo]:
     center, width_w = meta.get("window") or (None, None)
     if meta.get("photometric") == "MONOCHROME1":
         array = array.max() + array.min() - array  # shown inverted: high values dark
+    array = np.ascontiguousarray(array)
+    array.setflags(write=False)  # shared through the LRU: nobody may change it in place
     info = NodeImageInfo(
         kind=kind,
         width=int(width),
@@ -543,6 +545,7 @@ def render_array(slide: Slide, *, window: tuple[float, float] | None = None) -> 
     out = _rendered.get(key)
     if out is None:
         out = apply_window(values, float(center), float(width))
+        out.setflags(write=False)
         _rendered.put(key, out)
     return out
 
