@@ -15,8 +15,8 @@ import { mountGradcam } from "./gradcam.js";
 import { mountAttention } from "./attention.js";
 import { mountWindowing } from "./windowing.js";
 
-/** Round physical lengths the scale bar may show, in micrometres. */
-export const SCALE_LENGTHS_UM = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000];
+/** Round physical lengths the scale bar may show, in micrometres (up to 10 cm for CT images). */
+export const SCALE_LENGTHS_UM = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000];
 
 /** Longest the scale bar may be drawn, in CSS pixels. */
 export const SCALE_BAR_MAX_PX = 160;

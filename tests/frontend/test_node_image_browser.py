@@ -57,6 +57,11 @@ def test_ct_window_presets_change_the_tiles_and_a_box_is_saved(
     assert any(o.startswith("lung (-600/1500)") for o in options), options
     assert tiles and all(status == 200 and "?" not in url for url, status in tiles), tiles
     default_mean = _canvas_mean(page)
+    # A scale bar in millimetres (PixelSpacing 0.6/0.7 mm), no objective magnification.
+    scale = page.locator(".ns-scalebar")
+    assert scale.is_visible() and int(scale.get_attribute("data-length-um")) >= 10_000
+    assert scale.inner_text().endswith("mm")
+    assert page.locator(".ns-magnification").is_hidden()
 
     tiles.clear()
     page.select_option("#window-preset", "lung")
