@@ -526,14 +526,26 @@ def _find_node(
 
 
 def import_files(
-    *, node: Node, paths: Iterable[Path], user=None, progress: Progress | None = None
+    *,
+    node: Node,
+    paths: Iterable[Path],
+    user=None,
+    progress: Progress | None = None,
+    modality: str | None = None,
 ) -> ImportReport:
-    """Register several files as slides of one node, reporting failures per file."""
+    """Register several files as slides of one node (or, with `modality` ct, ultrasound or image,
+    as node images), reporting failures per file."""
+    from .node_images import register_node_image
+
     paths = list(paths)
     report = ImportReport()
     for i, path in enumerate(paths, start=1):
         try:
-            report.imported.append(register_slide(node=node, path=path, user=user))
+            if modality and modality != Slide.Modality.SLIDE:
+                slide = register_node_image(node=node, path=path, user=user, modality=modality)
+            else:
+                slide = register_slide(node=node, path=path, user=user)
+            report.imported.append(slide)
         except SlideImportError as exc:
             report.failed.append((i, str(path), exc.reason))
         if progress:

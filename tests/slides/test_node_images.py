@@ -439,3 +439,38 @@ def test_demo_adds_a_ct_and_an_ultrasound_case(people, tmp_path):
     )
     assert not again.imported and all("already imported" in r for _i, _f, r in again.failed)
     assert len([m for m in messages if m.startswith("generating")]) == 2  # generated once
+
+
+def test_import_command_with_modality_and_a_manifest(people, node, tmp_path):
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    files = [write_png(tmp_path / "a.png", seed=1), write_jpeg(tmp_path / "b.jpg", seed=2)]
+    out = io.StringIO()
+    call_command(
+        "import_slides",
+        *map(str, files),
+        node=node.pk,
+        modality="ultrasound",
+        stdout=out,
+        stderr=io.StringIO(),
+    )
+    assert "2 imported, 0 failed" in out.getvalue()
+    assert set(node.slides.values_list("modality", flat=True)) == {"ultrasound"}
+    write_dicom(tmp_path / "ct.dcm")
+    (tmp_path / "manifest.csv").write_text(
+        "case,node,file,modality,window_center,window_width\nCT-9,node 1,ct.dcm,ct,50,350\n"
+    )
+    out = io.StringIO()
+    call_command(
+        "import_slides",
+        str(tmp_path),
+        lab=people.lab.code,
+        create_missing=True,
+        stdout=out,
+        stderr=io.StringIO(),
+    )
+    ct = Slide.objects.get(node__case__accession_number="CT-9")
+    assert ct.modality == "ct" and (ct.window_center, ct.window_width) == (50, 350)
+    with pytest.raises(CommandError, match="--modality is for files given with --node"):
+        call_command("import_slides", str(tmp_path), modality="ct", stdout=io.StringIO())

@@ -31,6 +31,11 @@ class Command(BaseCommand):
         parser.add_argument(
             "--synthetic", action="store_true", help="mark slides as generated (not real tissue)"
         )
+        parser.add_argument(
+            "--modality",
+            choices=["ct", "ultrasound", "image"],
+            help="with --node: the files are node images of this modality, not whole slides",
+        )
 
     def handle(
         self,
@@ -41,6 +46,7 @@ class Command(BaseCommand):
         create_missing: bool,
         synthetic: bool,
         verbosity: int,
+        modality: str | None = None,
         **options,
     ):
         lab_obj = None
@@ -48,6 +54,10 @@ class Command(BaseCommand):
             lab_obj = Lab.objects.filter(code=lab).first()
             if lab_obj is None:
                 raise CommandError(f"unknown lab {lab!r}")
+        if modality and node is None:
+            raise CommandError(
+                "--modality is for files given with --node; manifests say it per row"
+            )
         if create_missing and lab_obj is None:
             raise CommandError("--create-missing needs --lab")
         bar = tqdm(total=0, unit="slide", disable=verbosity == 0, file=self.stderr._out)
@@ -61,7 +71,7 @@ class Command(BaseCommand):
             node_obj = Node.objects.filter(pk=node).first()
             if node_obj is None:
                 raise CommandError(f"unknown node {node}")
-            report = import_files(node=node_obj, paths=paths, progress=progress)
+            report = import_files(node=node_obj, paths=paths, progress=progress, modality=modality)
         else:
             report = ImportReport()
             for path in paths:
