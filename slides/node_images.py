@@ -71,6 +71,7 @@ class NodeImageInfo:
     window_center: float | None
     window_width: float | None
     vendor: str
+    inverted: bool = False  # DICOM MONOCHROME1: the lowest values are shown white
 
 
 # ---- reading -------------------------------------------------------------------------------------
@@ -310,8 +311,6 @@ def read_node_image(path: Path) -> tuple[np.ndarray, NodeImageInfo]:
         raise SlideImportError(path, "image holds values that are not finite numbers")
     mpp = meta.get("mpp")
     center, width_w = meta.get("window") or (None, None)
-    if meta.get("photometric") == "MONOCHROME1":
-        array = array.max() + array.min() - array  # shown inverted: high values dark
     array = np.ascontiguousarray(array)
     array.setflags(write=False)  # shared through the LRU: nobody may change it in place
     info = NodeImageInfo(
@@ -325,6 +324,7 @@ def read_node_image(path: Path) -> tuple[np.ndarray, NodeImageInfo]:
         window_center=center if width_w else None,
         window_width=width_w if center is not None else None,
         vendor=meta.get("vendor", kind),
+        inverted=meta.get("photometric") == "MONOCHROME1",
     )
     return array, info
 
@@ -545,6 +545,8 @@ def render_array(slide: Slide, *, window: tuple[float, float] | None = None) -> 
     out = _rendered.get(key)
     if out is None:
         out = apply_window(values, float(center), float(width))
+        if info.inverted:
+            out = 255 - out
         out.setflags(write=False)
         _rendered.put(key, out)
     return out

@@ -74,9 +74,12 @@ def write_dicom(
     modality: str = "CT",
     transfer_syntax: str | None = None,
     rows_cols: tuple[int, int] | None = None,
+    photometric: str = "MONOCHROME2",
+    rle: bool = False,
 ) -> Path:
     """A single-frame (or `frames`-frame) uncompressed CT DICOM whose stored values are
-    (hu - intercept) / slope. `rows_cols` overrides the declared size (to fake a bomb)."""
+    (hu - intercept) / slope. `rows_cols` overrides the declared size (to fake a bomb); `rle`
+    compresses it (RLE Lossless)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -100,7 +103,7 @@ def write_dicom(
     if frames > 1:
         ds.NumberOfFrames = frames
     ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PhotometricInterpretation = photometric
     ds.BitsAllocated = 16
     ds.BitsStored = 16
     ds.HighBit = 15
@@ -118,5 +121,9 @@ def write_dicom(
         ds["PixelData"].VR = "OB"
     else:
         ds.PixelData = stored.tobytes()
+    if rle:  # RLE Lossless, which pydicom decodes without plugins
+        from pydicom.uid import RLELossless
+
+        ds.compress(RLELossless, stored)
     ds.save_as(path, enforce_file_format=True)
     return path

@@ -474,3 +474,22 @@ def test_import_command_with_modality_and_a_manifest(people, node, tmp_path):
     assert ct.modality == "ct" and (ct.window_center, ct.window_width) == (50, 350)
     with pytest.raises(CommandError, match="--modality is for files given with --node"):
         call_command("import_slides", str(tmp_path), modality="ct", stdout=io.StringIO())
+
+
+def test_rle_compressed_and_monochrome1_dicom(node, tmp_path):
+    rle = register_node_image(
+        node=node, path=write_dicom(tmp_path / "rle.dcm", rle=True), modality="ct"
+    )
+    assert np.asarray(render_node_image(rle))[0, :3].tolist() == [128, 0, 255]
+    inverted = register_node_image(
+        node=node,
+        path=write_dicom(tmp_path / "m1.dcm", photometric="MONOCHROME1", hu=ct_values() + 1),
+        modality="image",
+    )
+    values, _info = node_images.decoded_pixels(inverted)
+    assert values[0, 0] == 41  # values stay HU; only the display is inverted
+    assert np.asarray(render_node_image(inverted, window=(41, 400)))[0, :3].tolist() == [
+        127,
+        255,
+        0,
+    ]
