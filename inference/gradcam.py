@@ -385,6 +385,10 @@ def execute_gradcam(gradcam_id: int, *, worker: str = "local", device: str | Non
         return "gone"
     if gradcam.is_finished or not claim(gradcam):
         return GradCam.objects.get(pk=gradcam_id).status
+    if gradcam.slide.modality != "slide":  # a whole node image: its class activation map
+        from .cam import execute_image_cam
+
+        return execute_image_cam(gradcam, worker=worker, device=device)
     attempt = gradcam.attempts
     started = time.perf_counter()
     try:

@@ -57,6 +57,7 @@ def gradcam_json(gradcam: GradCam) -> dict:
     return {
         "id": gradcam.pk,
         "slide": slide_id,
+        "method": gradcam.method,
         "status": gradcam.status,
         "statusReason": (  # server paths (a missing weights file) masked
             without_server_paths(gradcam.status_reason)
@@ -90,6 +91,13 @@ class GradCamRequestView(APIView):
     @extend_schema(request=GradCamRequestSerializer, responses={202: dict, 200: dict})
     def post(self, request: Request, pk: int) -> Response:
         slide = get_object_or_404(slides_for(request.user), pk=pk)
+        if slide.modality != "slide":
+            raise ValidationError(
+                {
+                    "detail": f"slide {pk} is a node image: ask for its class activation map"
+                    f" (POST /api/slides/{pk}/cam/ with method 'cam' or 'grad-cam')"
+                }
+            )
         body = GradCamRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import gradcam_views
+from . import cam_views, gradcam_views
 from . import heatmap_views as views
 
 urlpatterns = [
@@ -35,4 +35,6 @@ urlpatterns = [
         gradcam_views.gradcam_overlay,
         name="gradcam-overlay",
     ),
+    # class activation maps of node images (inference.cam), followed through the routes above
+    path("slides/<int:pk>/cam/", cam_views.CamRequestView.as_view(), name="cam-request"),
 ]

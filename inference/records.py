@@ -310,8 +310,10 @@ class NodeScore(models.Model):
 
 
 class GradCam(models.Model):
-    """A Grad-CAM map of one model over one slide region (level-0 px), computed on demand by a
-    task on the `gpu` queue and kept: the same region and model version give the same record.
+    """A Grad-CAM map of one model over one slide region (level-0 px), or a class activation map
+    (``method`` cam or grad-cam, see inference.cam) over a whole node image, computed on demand by
+    a task on the `gpu` queue and kept: the same region, model version and method give the same
+    record.
     The map and its PNG overlay are written atomically before the row says `succeeded`."""
 
     class Status(models.TextChoices):
@@ -320,9 +322,19 @@ class GradCam(models.Model):
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
 
+    class Method(models.TextChoices):
+        GRAD_CAM = "grad-cam", "Grad-CAM"
+        CAM = "cam", "CAM (global average pooling)"
+
     FINISHED = (Status.SUCCEEDED, Status.FAILED)
 
     slide = models.ForeignKey("slides.Slide", on_delete=models.CASCADE, related_name="gradcams")
+    method = models.CharField(
+        max_length=20,
+        choices=Method.choices,
+        default=Method.GRAD_CAM,
+        help_text="a slide region: always grad-cam; a node image (whole image): cam or grad-cam",
+    )
     model_version = models.ForeignKey(
         ModelVersion, on_delete=models.PROTECT, related_name="gradcams"
     )
@@ -358,8 +370,8 @@ class GradCam(models.Model):
         ordering = ["-created_at", "-id"]
         constraints = [
             models.UniqueConstraint(
-                fields=["slide", "model_version", "x", "y", "width", "height"],
-                name="one_gradcam_per_region_and_model",
+                fields=["slide", "model_version", "method", "x", "y", "width", "height"],
+                name="one_gradcam_per_region_model_and_method",
             )
         ]
 
