@@ -125,9 +125,9 @@ def generate_node_image(
         hu[dist > size * rng.uniform(0.38, 0.46)] = 55.0
         hu[node] = 40.0 + rng.normal(0, 3)
         hu[hilum] = -90.0
-        hu[focus] = rng.uniform(-5.0, 12.0)
+        hu[focus] = rng.uniform(-10.0, 8.0)
         hu = ndimage.gaussian_filter(hu, 1.2 * smooth)  # partial-volume edges
-        hu += rng.normal(0, rng.uniform(8, 14), size=hu.shape).astype(np.float32)
+        hu += rng.normal(0, rng.uniform(8, 12), size=hu.shape).astype(np.float32)
         return np.clip(np.round(hu), -1024, 3071).astype(np.int16), focus
     # ultrasound: echo amplitude map, then speckle
     echo = np.full((size, size), rng.uniform(0.45, 0.6), dtype=np.float32)
