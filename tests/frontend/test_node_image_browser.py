@@ -40,7 +40,7 @@ def _canvas_mean(page) -> float:
 
 
 def test_ct_window_presets_change_the_tiles_and_a_box_is_saved(
-    live_server, page, people, case, ct_image, tmp_path
+    live_server, page, people, case, ct_image, label_classes, tmp_path
 ):
     from annotations.models import Annotation
     from slides.node_images import register_node_image
@@ -94,7 +94,7 @@ def test_ct_window_presets_change_the_tiles_and_a_box_is_saved(
     on.drag((70, 50), (170, 120))
     on.idle()
     box = Annotation.objects.get(slide=ct_image)
-    assert box.geometry["type"] == "Polygon"
+    assert box.geometry["type"] == "Polygon" and box.label_class.key == "tumour"
     ring = outer_ring(box)
     xs, ys = [p[0] for p in ring], [p[1] for p in ring]
     assert len(ring) == 4 and abs(min(xs) - 70) <= 3 and abs(max(xs) - 170) <= 3
