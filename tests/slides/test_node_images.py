@@ -385,7 +385,7 @@ def test_manifest_imports_mixed_rows(people, tiny_tiff, tmp_path):
 # ---- regions of interest -----------------------------------------------------------------------
 
 
-def test_box_and_polygon_annotations_on_a_node_image(people, node, tmp_path):
+def test_box_and_polygon_annotations_on_a_node_image(people, node, label_classes, tmp_path):
     slide = register_node_image(
         node=node, path=write_png(tmp_path / "us.png"), modality="ultrasound"
     )
