@@ -12,6 +12,7 @@ import OpenSeadragon from "openseadragon";
 import { mountAnnotations } from "./annotations.js";
 import { mountHeatmap } from "./heatmap.js";
 import { mountGradcam } from "./gradcam.js";
+import { mountCam } from "./cam.js";
 import { mountAttention } from "./attention.js";
 import { mountWindowing } from "./windowing.js";
 
@@ -313,7 +314,10 @@ export function boot(root = document) {
       if (document.getElementById("annotation-toolbar")) {
         mountAnnotations(viewer, { toolbar: "annotation-toolbar" }).catch((error) => console.error(error));
         mountHeatmap(viewer, viewer.nodescope.info).catch((error) => console.error(error));
-        mountGradcam(viewer, viewer.nodescope.info).catch((error) => console.error(error));
+        const info = viewer.nodescope.info;
+        // a node image: its class activation map; a whole slide: the patch Grad-CAM tool
+        const explain = info.modality && info.modality !== "slide" ? mountCam : mountGradcam;
+        explain(viewer, info).catch((error) => console.error(error));
         mountAttention(viewer, viewer.nodescope.info).catch((error) => console.error(error));
       }
       whenFirstDrawn(viewer, () => {
