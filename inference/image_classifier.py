@@ -559,7 +559,8 @@ def youden_threshold(
     j = curve.tpr - curve.fpr
     finite = np.isfinite(curve.thresholds)
     j = np.where(finite, j, -np.inf)
-    best = int(np.flatnonzero(j == j.max())[0])  # thresholds decrease: the first is the highest
+    # thresholds decrease: the first best is the highest (J compared up to float rounding)
+    best = int(np.flatnonzero(j >= j.max() - 1e-12)[0])
     return float(curve.thresholds[best])
 
 
@@ -762,11 +763,11 @@ def evidence_from_scores(
     )
 
 
-def attach_evidence(version: ModelVersion, result, dataset: LoadedDataset) -> ModelVersion:
-    """Score the validation images with the trained model and store AUROC [CI] and the default
-    operating point (Youden's J) on ``version``. Called once, when the run registers it."""
-    from .records import ModelVersion
-
+def evidence_fields(result, dataset: LoadedDataset) -> dict[str, Any]:
+    """ModelVersion fields of a trained node-image classifier: its validation images scored with
+    the best weights, AUROC [CI] and the default operating point (Youden's J) as ``threshold``,
+    ``threshold_method`` and ``threshold_metrics``. A validation set without both classes gives
+    no operating point: then only ``threshold_metrics["error"]`` says why."""
     val = dataset.val
     model = result.build_model()
     scores = score_images(
@@ -777,20 +778,21 @@ def attach_evidence(version: ModelVersion, result, dataset: LoadedDataset) -> Mo
         positive=_positive_index(result.classes),
     )
     truths = val.labels == _positive_index(result.classes)
-    metrics = evidence_from_scores(
-        truths=truths,
-        scores=scores,
-        groups=val.groups,
-        slide_ids=val.slide_ids,
-        seed=int(dataset.summary.get("seed", 0)),
-    )
-    ModelVersion.objects.filter(pk=version.pk).update(
-        threshold=metrics["threshold"],
-        threshold_method=metrics["method"][:80],
-        threshold_metrics=metrics,
-    )
-    version.refresh_from_db()
-    return version
+    try:
+        metrics = evidence_from_scores(
+            truths=truths,
+            scores=scores,
+            groups=val.groups,
+            slide_ids=val.slide_ids,
+            seed=int(dataset.summary.get("seed", 0)),
+        )
+    except NodeImageError as exc:
+        return {"threshold_metrics": {"error": str(exc)}}
+    return {
+        "threshold": metrics["threshold"],
+        "threshold_method": metrics["method"][:80],
+        "threshold_metrics": metrics,
+    }
 
 
 def is_image_version(version: ModelVersion) -> bool:

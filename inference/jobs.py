@@ -28,7 +28,7 @@ from config.queueing import QueueUnavailable, check_queue_reachable, send
 from .records import ModelVersion, Stage, TrainingRun
 from .training import TrainingCancelled, TrainingProgress, TrainingRecipe, train
 
-ARCHITECTURES = ("mobilenetv2", "resnet18")
+ARCHITECTURES = ("mobilenetv2", "resnet18", "resnet50", "inception-v3")
 PROGRESS_EVERY_S = 1.0
 CANCEL_POLL_EVERY_S = 2.0
 
@@ -121,6 +121,13 @@ def load_dataset(source: dict[str, Any]) -> LoadedDataset:
         content_hash = _hash_arrays(path)
         if path.is_dir() and (path / "val.npy").is_file():
             return _explicit_split(dataset, path, kind=kind, content_hash=content_hash)
+    elif kind == "node-images":  # whole CT/ultrasound images of nodes (inference.image_classifier)
+        from .image_classifier import NodeImageError, load_node_images
+
+        try:
+            return load_node_images(source)
+        except NodeImageError as exc:
+            raise TrainingRequestError(str(exc)) from exc
     elif kind == "snapshot":
         from annotations.datasets import DatasetError, open_snapshot
 
@@ -133,7 +140,8 @@ def load_dataset(source: dict[str, Any]) -> LoadedDataset:
         )
     else:
         raise TrainingRequestError(
-            f"unknown dataset kind {kind!r} (use image-folder, arrays, snapshot or hard-negatives)"
+            f"unknown dataset kind {kind!r} "
+            "(use image-folder, arrays, snapshot, hard-negatives or node-images)"
         )
     groups = getattr(dataset, "groups", None)
     split = split_indices(
@@ -234,6 +242,13 @@ def check_dataset(source: dict[str, Any]) -> dict[str, int]:
                 "the primary's dataset has no class named tumour to balance the hard negatives with"
             )
         return {"negative slides": len(checked["slides"]), "tumour": tumour["tumour"]}
+    if kind == "node-images":
+        from .image_classifier import NodeImageError, check_node_images
+
+        try:
+            return check_node_images(source)
+        except NodeImageError as exc:
+            raise TrainingRequestError(str(exc)) from exc
     if kind == "snapshot":
         from annotations.models import Dataset
 
@@ -274,7 +289,8 @@ def check_dataset(source: dict[str, Any]) -> dict[str, int]:
             counts = {name: int((labels == i).sum()) for i, name in enumerate(dataset.classes)}
     else:
         raise TrainingRequestError(
-            f"unknown dataset kind {kind!r} (use image-folder, arrays, snapshot or hard-negatives)"
+            f"unknown dataset kind {kind!r} "
+            "(use image-folder, arrays, snapshot, hard-negatives or node-images)"
         )
     present = {k: v for k, v in counts.items() if v > 0}
     if not present:
@@ -300,6 +316,8 @@ def launch_training(
     """Check a request and queue a TrainingRun on the `gpu` queue (after the transaction commits)."""
     if _is_mil(architecture, dataset_source):  # seed 001: attention MIL on case bags
         stage = _check_mil_request(dataset_source, architecture, recipe)
+    elif dataset_source.get("kind") == "node-images":  # seeds 003/004: whole-image classifiers
+        stage, recipe = _check_image_request(dataset_source, architecture, recipe)
     else:
         _check_patch_request(dataset_source, architecture, stage, recipe)
     if enqueue:
@@ -338,6 +356,21 @@ def _check_mil_request(dataset_source, architecture, recipe) -> str:
     except MILError as exc:
         raise TrainingRequestError(str(exc)) from exc
     return MIL_STAGE
+
+
+def _check_image_request(dataset_source, architecture, recipe) -> tuple[str, dict[str, Any]]:
+    """Node-image runs (inference.image_classifier) have the stage "node-image" and the
+    node-image recipe defaults under their own recipe."""
+    from .image_classifier import NodeImageError, check_image_request
+
+    try:
+        stage, merged = check_image_request(
+            dataset_source=dataset_source, architecture=architecture, recipe=recipe
+        )
+    except NodeImageError as exc:
+        raise TrainingRequestError(str(exc)) from exc
+    _check_recipe_bounds(TrainingRecipe.from_dict(merged))
+    return stage, merged
 
 
 def _check_patch_request(dataset_source, architecture, stage, recipe) -> None:
@@ -502,6 +535,11 @@ def _register_model_version(run: TrainingRun, result, dataset: LoadedDataset) ->
     name = f"{run.architecture}-{run.stage}-run{run.pk}"
     target = install_weights(result.weights_path, name)
     metrics = result.metrics()
+    evidence: dict[str, Any] = {}
+    if dataset.summary.get("kind") == "node-images":  # AUROC [CI] and an operating point
+        from .image_classifier import evidence_fields
+
+        evidence = evidence_fields(result, dataset)
     with transaction.atomic():
         version = ModelVersion.objects.create(
             training_run=run,
@@ -528,6 +566,7 @@ def _register_model_version(run: TrainingRun, result, dataset: LoadedDataset) ->
             curves=metrics["curves"],
             device=result.device,
             training_seconds=float(result.seconds),
+            **evidence,
         )
         TrainingRun.objects.filter(pk=run.pk).update(
             status=TrainingRun.Status.SUCCEEDED,
@@ -577,7 +616,7 @@ def promote(*, version: ModelVersion, user=None, rescore: bool = True) -> ModelV
     """Make `version` the live model of its stage (the previous live one steps down) and, after the
     commit, rescore every slide with the live cascade (one task per slide on the `gpu` queue).
     With the job queue down nothing is promoted (QueueUnavailable), since nothing could be rescored."""
-    if version.stage == "mil":  # a MIL model predicts cases (clinical/), it scores no slide
+    if version.stage in ("mil", "node-image"):  # MIL: cases; node-image: whole images, no slide
         rescore = False
     if rescore:
         check_queue_reachable()

@@ -75,10 +75,18 @@ def without_server_paths(value):
 
 class LaunchTrainingSerializer(serializers.Serializer):
     dataset_source = serializers.JSONField(
-        help_text='{"kind": "image-folder"|"arrays"|"snapshot", ...}'
+        help_text='{"kind": "image-folder"|"arrays"|"snapshot"|"node-images", ...}'
     )
     architecture = serializers.ChoiceField(
-        choices=["mobilenetv2", "resnet18", "gated-attention-mil"], default="mobilenetv2"
+        choices=[
+            "mobilenetv2",
+            "resnet18",
+            "resnet50",
+            "inception-v3",
+            "resnet-small",
+            "gated-attention-mil",
+        ],
+        default="mobilenetv2",
     )
     stage = serializers.ChoiceField(choices=Stage.choices, default=Stage.PRIMARY)
     recipe = serializers.JSONField(required=False, default=dict)
