@@ -591,7 +591,8 @@ def _truth(node: Node) -> bool | None:
 def study_results(study: ReaderStudy) -> dict:
     """Every reader and the model on the images all of them answered and whose node has a
     ground truth (node positive = metastatic): sensitivity, specificity, accuracy with Wilson 95%
-    CIs, and McNemar's exact test of the model against each reader."""
+    CIs, and McNemar's exact test of the model against each reader. Readers with no answer yet
+    are listed (metrics None) but left out of the comparison."""
     images = list(study.images.select_related("slide__node"))
     truth = {i.pk: _truth(i.slide.node) for i in images}
     readers = list(study.readers.select_related("user").order_by("user__username"))
@@ -620,17 +621,21 @@ def study_results(study: ReaderStudy) -> dict:
                 "threshold": study.operating_threshold,
             }
         )
+    # A reader who has answered nothing yet is listed but not compared (else nobody would be).
+    compared = [p for p in parties if calls[p["key"]]]
     known = [pk for pk in sorted(truth) if truth[pk] is not None]
-    common = [pk for pk in known if all(pk in c for c in calls.values())] if calls else []
+    common = (
+        [pk for pk in known if all(pk in calls[p["key"]] for p in compared)] if compared else []
+    )
     y = [truth[pk] for pk in common]
     for party in parties:
         c = calls[party["key"]]
         party["answered"] = len(c)
-        party["metrics"] = statistics.diagnostic_metrics(y, [c[pk] for pk in common])
+        party["metrics"] = statistics.diagnostic_metrics(y, [c[pk] for pk in common]) if c else None
     comparisons = []
     if has_model:
         m = [model_calls[pk] for pk in common]
-        for party in parties:
+        for party in compared:
             if party["kind"] != "reader":
                 continue
             r = [calls[party["key"]][pk] for pk in common]

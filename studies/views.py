@@ -450,7 +450,7 @@ def study_results_page(request: HttpRequest, pk: int) -> HttpResponse:
     results = services.study_results(study)
     for party in results["parties"]:
         m = party["metrics"]
-        party["estimates"] = [m["sensitivity"], m["specificity"], m["accuracy"]]
+        party["estimates"] = [m["sensitivity"], m["specificity"], m["accuracy"]] if m else []
     return render(request, "studies/results.html", {"study": study, "results": results})
 
 

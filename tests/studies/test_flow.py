@@ -262,3 +262,29 @@ def test_a_patch_model_answers_with_each_slides_latest_heat_map(
     }
     # done: not queued again
     assert setup.lead_client.post(f"/api/studies/{sid}/model-answers/").status_code == 409
+
+
+def test_a_reader_without_answers_is_listed_but_not_compared(setup):
+    sid = create_study(setup, model_version=None)["id"]
+    assert setup.lead_client.post(f"/api/studies/{sid}/open/").status_code == 200
+    client = setup.client_for(setup.readers["reader2"])
+    for pk in StudyReader.objects.get(study_id=sid, user=setup.readers["reader2"]).order[:5]:
+        index = setup.index_of_slide(StudyImage.objects.get(pk=pk).slide_id)
+        body = {"image": pk, "label": scripted_label("reader2", index)}
+        response = client.post(
+            f"/api/studies/{sid}/reading/answers/", body, content_type="application/json"
+        )
+        assert response.status_code == 201
+    results = setup.lead_client.get(f"/api/studies/{sid}/results/").json()
+    parties = {p["name"]: p for p in results["parties"]}
+    assert parties["path"]["metrics"] is None and parties["path"]["answered"] == 0
+    assert parties["reader2"]["answered"] == 5
+    truth_known = sum(
+        1
+        for pk in StudyReader.objects.get(study_id=sid, user=setup.readers["reader2"]).order[:5]
+        if TRUTH[setup.index_of_slide(StudyImage.objects.get(pk=pk).slide_id)] != "unknown"
+    )
+    assert results["compared_images"] == parties["reader2"]["metrics"]["images"] == truth_known
+    assert results["mcnemar"] == []  # no model
+    page = setup.lead_client.get(f"/studies/{sid}/results/")
+    assert page.status_code == 200 and b"no answers yet" in page.content
