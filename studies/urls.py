@@ -40,6 +40,7 @@ page_urls = [
     path("studies/", views.study_list_page, name="study-list"),
     path("studies/new/", views.study_create_page, name="study-create"),
     path("studies/<int:pk>/", views.study_detail_page, name="study-detail"),
+    path("studies/<int:pk>/edit/", views.study_edit_page, name="study-edit"),
     path("studies/<int:pk>/results/", views.study_results_page, name="study-results"),
     path("studies/<int:pk>/read/", views.study_read_page, name="study-read"),
 ]

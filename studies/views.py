@@ -346,40 +346,32 @@ def _form_ids(values: list[str]) -> list[int]:
     return out
 
 
-@login_required
-@require_http_methods(["GET", "POST"])
-def study_create_page(request: HttpRequest) -> HttpResponse:
-    """Choose a lab, then the study's images, readers and model version."""
+def _form_data(request: HttpRequest) -> dict:
+    """The study fields of the create/edit form."""
+    return {
+        "name": request.POST.get("name", ""),
+        "instructions": request.POST.get("instructions", ""),
+        "images": _form_ids(request.POST.getlist("images")),
+        "readers": _form_ids(request.POST.getlist("readers")),
+        "model_version": (_form_ids([request.POST.get("model_version", "")]) or [None])[0],
+        "threshold": request.POST.get("threshold") or None,
+    }
+
+
+def _render_form(
+    request: HttpRequest,
+    *,
+    labs,
+    lab,
+    errors: dict,
+    shown: dict,
+    images: set[int],
+    readers: set[int],
+    study: ReaderStudy | None = None,
+    status_code: int = 200,
+) -> HttpResponse:
     from inference.records import ModelVersion
 
-    if not has_role(request.user, Role.LAB_LEAD):
-        raise DjangoPermissionDenied("Only lab leads and admins create reader studies.")
-    labs = services.managed_labs(request.user).order_by("name")
-    raw_lab = request.POST.get("lab") or request.GET.get("lab") or ""
-    lab = (
-        labs.filter(pk=int(raw_lab)).first()
-        if raw_lab.isascii() and raw_lab.isdigit() and len(raw_lab) < 19
-        else None
-    )
-    if lab is None and labs.count() == 1:
-        lab = labs.first()
-    errors: dict = {}
-    if request.method == "POST" and lab is not None:
-        data = {
-            "name": request.POST.get("name", ""),
-            "lab": lab.pk,
-            "instructions": request.POST.get("instructions", ""),
-            "images": _form_ids(request.POST.getlist("images")),
-            "readers": _form_ids(request.POST.getlist("readers")),
-            "model_version": (_form_ids([request.POST.get("model_version", "")]) or [None])[0],
-            "threshold": request.POST.get("threshold") or None,
-        }
-        try:
-            study = services.create_study(user=request.user, data=data)
-        except services.StudyInputError as exc:
-            errors = exc.errors
-        else:
-            return redirect("study-detail", pk=study.pk)
     slides = (
         slides_for(request.user)
         .filter(node__case__lab=lab)
@@ -397,17 +389,99 @@ def study_create_page(request: HttpRequest) -> HttpResponse:
         request,
         "studies/create.html",
         {
+            "study": study,
             "labs": labs,
             "lab": lab,
             "slides": slides,
             "members": members,
             "versions": ModelVersion.objects.order_by("-created_at")[:200],
             "errors": errors,
-            "posted": request.POST,
-            "chosen_images": set(_form_ids(request.POST.getlist("images"))),
-            "chosen_readers": set(_form_ids(request.POST.getlist("readers"))),
+            "posted": shown,
+            "chosen_images": images,
+            "chosen_readers": readers,
         },
-        status=400 if errors else 200,
+        status=status_code,
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def study_create_page(request: HttpRequest) -> HttpResponse:
+    """Choose a lab, then the study's images, readers and model version."""
+    if not has_role(request.user, Role.LAB_LEAD):
+        raise DjangoPermissionDenied("Only lab leads and admins create reader studies.")
+    labs = services.managed_labs(request.user).order_by("name")
+    raw_lab = request.POST.get("lab") or request.GET.get("lab") or ""
+    lab = (
+        labs.filter(pk=int(raw_lab)).first()
+        if raw_lab.isascii() and raw_lab.isdigit() and len(raw_lab) < 19
+        else None
+    )
+    if lab is None and labs.count() == 1:
+        lab = labs.first()
+    errors: dict = {}
+    if request.method == "POST" and lab is not None:
+        try:
+            study = services.create_study(
+                user=request.user, data={**_form_data(request), "lab": lab.pk}
+            )
+        except services.StudyInputError as exc:
+            errors = exc.errors
+        else:
+            return redirect("study-detail", pk=study.pk)
+    return _render_form(
+        request,
+        labs=labs,
+        lab=lab,
+        errors=errors,
+        shown=request.POST,
+        images=set(_form_ids(request.POST.getlist("images"))),
+        readers=set(_form_ids(request.POST.getlist("readers"))),
+        status_code=400 if errors else 200,
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def study_edit_page(request: HttpRequest, pk: int) -> HttpResponse:
+    """Change a draft study (the same form as creating one); 409 once it is open."""
+    study = _page_study(request, pk)
+    errors: dict = {}
+    code = 200
+    if study.status != ReaderStudy.Status.DRAFT:
+        errors, code = {"study": f"the study is {study.status}; only a draft can be changed"}, 409
+    elif request.method == "POST":
+        try:
+            services.update_study(study=study, user=request.user, data=_form_data(request))
+        except services.StudyInputError as exc:
+            errors, code = exc.errors, 400
+        except StudyStateError as exc:
+            errors, code = {"study": str(exc)}, 409
+        else:
+            return redirect("study-detail", pk=study.pk)
+    if request.method == "POST":
+        shown = request.POST
+        images = set(_form_ids(request.POST.getlist("images")))
+        readers = set(_form_ids(request.POST.getlist("readers")))
+    else:
+        shown = {
+            "name": study.name,
+            "instructions": study.instructions,
+            "model_version": str(study.model_version_id or ""),
+            "threshold": "" if study.threshold is None else str(study.threshold),
+        }
+        images = set(study.images.values_list("slide_id", flat=True))
+        readers = set(study.readers.values_list("user_id", flat=True))
+    return _render_form(
+        request,
+        labs=None,
+        lab=study.lab,
+        errors=errors,
+        shown=shown,
+        images=images,
+        readers=readers,
+        study=study,
+        status_code=code,
     )
 
 

@@ -239,7 +239,30 @@ def test_page_flow_create_open_read(setup):
     assert response.status_code == 302
     study = ReaderStudy.objects.get(name="Form study")
     assert study.threshold == 0.4 and study.images.count() == 2
+    # the draft is changed through the same form (readers, threshold)
+    edit = setup.lead_client.get(f"/studies/{study.pk}/edit/")
+    assert edit.status_code == 200 and b'value="Form study"' in edit.content
+    changed = setup.lead_client.post(
+        f"/studies/{study.pk}/edit/",
+        {
+            "name": "Form study",
+            "images": [str(s.pk) for s in setup.slides[:2]],
+            "readers": [str(setup.readers["reader2"].pk), str(setup.readers["reader3"].pk)],
+            "model_version": str(setup.version.pk),
+            "threshold": "0.45",
+        },
+    )
+    assert changed.status_code == 302
+    study.refresh_from_db()
+    assert study.threshold == 0.45 and study.readers.count() == 2
+    bad = setup.lead_client.post(f"/studies/{study.pk}/edit/", {"name": "", "threshold": "2"})
+    assert bad.status_code == 400 and b"threshold" in bad.content
+    assert (
+        setup.client_for(setup.readers["reader2"]).get(f"/studies/{study.pk}/edit/").status_code
+        == 403
+    )
     assert setup.lead_client.post(f"/studies/{study.pk}/", {"action": "open"}).status_code == 302
+    assert setup.lead_client.get(f"/studies/{study.pk}/edit/").status_code == 409
     client = setup.client_for(setup.readers["reader2"])
     for _ in range(2):
         page = client.get(f"/studies/{study.pk}/read/")
