@@ -177,8 +177,16 @@ def model_version_page(request: HttpRequest, pk: int) -> HttpResponse:
             .order_by("-created_at", "-id")[:20],
             "is_admin": has_role(request.user, Role.ADMIN),
             "slide_level": _slide_level(version),
+            "image_evidence": _image_evidence(version),
         },
     )
+
+
+def _image_evidence(version: ModelVersion) -> dict | None:
+    """AUROC [CI] and the operating point of a whole-image node classifier (else None)."""
+    from .image_classifier import evidence_summary
+
+    return evidence_summary(version)
 
 
 def _slide_level(version: ModelVersion) -> dict | None:

@@ -292,3 +292,61 @@ def test_patient_bootstrap_does_not_count_views_of_one_patient_twice():
     assert point.ci.keys() == point_once.ci.keys() == {"sensitivity", "specificity", "accuracy"}
     for name, interval in point_once.ci.items():
         assert point.ci[name] == pytest.approx(interval)
+
+
+def test_model_page_comparison_and_operating_point_routes(two_versions, people, client):
+    first, second = two_versions
+    client.force_login(people.pathologist)
+    page = client.get(f"/models/{first.pk}/comparison/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    for version in two_versions:
+        assert f'data-version="{version.pk}"' in html and version.architecture in html
+    body = client.get(f"/api/model-versions/{second.pk}/comparison/").json()
+    assert {row["architecture"] for row in body["versions"]} == {"resnet-small", "resnet18"}
+    row = next(r for r in body["versions"] if r["id"] == first.pk)
+    assert row["auroc"]["value"] == pytest.approx(first.val_auc, abs=1e-6)
+    assert row["auroc"]["ci"] and row["sensitivity"]["ci"] and row["accuracy"]["exact_ci"]
+    model_page = client.get(f"/models/{first.pk}/").content.decode()
+    assert 'id="image-evidence"' in model_page and "Youden" in model_page
+    assert 'id="operating-point"' not in model_page  # the form is for admins
+    url = f"/api/model-versions/{first.pk}/operating-point/"
+    assert (
+        client.post(url, {"method": "youden"}, content_type="application/json").status_code == 403
+    )
+
+    client.force_login(people.admin)
+    bad = client.post(url, {"target_sensitivity": 1.5}, content_type="application/json")
+    assert bad.status_code == 400 and "target_sensitivity" in bad.json()
+    bad = client.post(url, {"method": "best"}, content_type="application/json")
+    assert bad.status_code == 400 and "method" in bad.json()
+    bad = client.post(url, {"target": 0.9}, content_type="application/json")
+    assert bad.status_code == 400 and "target" in bad.json()
+    before = ModelVersion.objects.get(pk=first.pk).threshold_metrics
+    ok = client.post(url, {"target_sensitivity": 1.0}, content_type="application/json")
+    assert ok.status_code == 200 and ok.json()["sensitivity"]["value"] == 1.0
+    after = ModelVersion.objects.get(pk=first.pk)
+    assert after.threshold_metrics["auroc"] == before["auroc"]
+    assert after.threshold_metrics["validation"] == before["validation"]
+    assert 'id="operating-point"' in client.get(f"/models/{first.pk}/").content.decode()
+
+    patch = ModelVersion.objects.create(
+        training_run=TrainingRun.objects.create(dataset_source={"kind": "arrays"}),
+        name="patch-model",
+        architecture="mobilenetv2",
+        stage="primary",
+        weights_path="x",
+        weights_sha256="0",
+        dataset_hash="1",
+        code_version="t",
+        val_accuracy=1,
+        val_auc=1,
+    )
+    assert client.get(f"/api/model-versions/{patch.pk}/comparison/").status_code == 404
+    assert client.get(f"/models/{patch.pk}/comparison/").status_code == 404
+    assert (
+        client.post(
+            f"/api/model-versions/{patch.pk}/operating-point/", {}, content_type="application/json"
+        ).status_code
+        == 404
+    )
