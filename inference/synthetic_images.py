@@ -83,7 +83,7 @@ def _node_layout(
     c, s = np.cos(theta), np.sin(theta)
     if metastatic:
         # a focus at a random place well inside the node
-        r = rng.uniform(0.28, 0.42) * b
+        r = rng.uniform(0.32, 0.46) * b
         for _ in range(50):
             u, v = rng.uniform(-1, 1, size=2)
             if u * u + v * v <= 1:
@@ -125,7 +125,7 @@ def generate_node_image(
         hu[dist > size * rng.uniform(0.38, 0.46)] = 55.0
         hu[node] = 40.0 + rng.normal(0, 3)
         hu[hilum] = -90.0
-        hu[focus] = rng.uniform(-10.0, 8.0)
+        hu[focus] = rng.uniform(-15.0, 5.0)
         hu = ndimage.gaussian_filter(hu, 1.2 * smooth)  # partial-volume edges
         hu += rng.normal(0, rng.uniform(8, 12), size=hu.shape).astype(np.float32)
         return np.clip(np.round(hu), -1024, 3071).astype(np.int16), focus
