@@ -30,18 +30,20 @@ from inference.cam import (
 )
 from inference.gradcam import read_gradcam_map
 from inference.models import build_model
+from inference.models.layers import PatchClassifier
 from inference.records import GradCam, ModelVersion, TrainingRun
 from inference.synthetic_images import generate_node_image
 from inference.training import WEIGHTS_FORMAT, TrainingRecipe, atomic_torch_save
 
-SIZE = 64
+SIZE = 48
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-#: Narrow nets at 64 px with an 8 x 8 last feature map (total stride 8), trained in the test. A
-#: narrow ResNet-50 and Inception-v3 did not learn the focus well enough within this test's time
-#: on two CPU cores (8 epochs: ResNet-50 under 60% of peaks on the focus, Inception-v3 67%
-#: accuracy); for them the maps are checked on untrained nets below.
+#: Narrow nets at 48 px with a 6 x 6 last feature map (total stride 8), trained in the test. A
+#: narrow Inception-v3 learns the task (92% accuracy after 12 epochs) but its maps peak about
+#: 8 px above the focus (a quarter of peaks within 4 px): it is checked on an untrained net below,
+#: with the other architectures, and not claimed here.
 ARCHITECTURES = {
     "resnet18": {"widths": (16, 32, 64, 128), "output_stride": 8},
+    "resnet50": {"width_mult": 0.25, "output_stride": 8},
 }
 
 
@@ -67,7 +69,7 @@ def focus_images(
     return images, masks, np.array(labels)
 
 
-def train(name: str, *, epochs: int = 8, n: int = 256) -> torch.nn.Module:
+def train(name: str, *, epochs: int = 8, n: int = 192) -> torch.nn.Module:
     """A narrow ``name`` trained on :func:`focus_images` with Adam, then its batch-norm
     statistics recomputed over the training set (a few dozen steps leave running averages that
     eval mode would misread)."""
@@ -141,12 +143,50 @@ def test_cam_and_grad_cam_are_one_map_for_a_pooled_linear_head(trained):
     x = model_input(images[1], size=SIZE, mean=MEAN, std=STD)
     cam = class_activation_map(model, x, class_index=1, method="cam", output_size=(80, 100))
     grad = class_activation_map(model, x, class_index=1, method="grad-cam", output_size=(80, 100))
-    assert cam.values.shape == (80, 100) and cam.feature_size == (8, 8)
+    assert cam.values.shape == (80, 100) and cam.feature_size == (6, 6)
     np.testing.assert_allclose(cam.values, grad.values, atol=1e-5)
-    assert grad.raw_max == pytest.approx(cam.raw_max / 64, rel=1e-4)
+    assert grad.raw_max == pytest.approx(cam.raw_max / 36, rel=1e-4)
     assert cam.probability == pytest.approx(grad.probability)
     other = class_activation_map(model, x, class_index=0, method="cam")
-    assert not np.allclose(other.values, cam.values[:64, :64], atol=0.05)
+    assert not np.allclose(other.values, cam.values[:SIZE, :SIZE], atol=0.05)
+
+
+class MaxPools(PatchClassifier):
+    """Three 3x3 stride-2 max pools ("same" padding, total stride 8) of the red channel: a single
+    bright pixel at (8 i, 8 j) lights exactly feature cell (i, j)."""
+
+    name = "max-pools"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.padding, self.output_stride, self.input_size = "same", 8, 64
+        self.in_channels, self.config = 3, {}
+        self.dropout = torch.nn.Identity()
+        self.fc = torch.nn.Linear(1, 2)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor([[0.0], [1.0]]))
+            self.fc.bias.zero_()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :1]
+        for _ in range(3):
+            x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+        return x
+
+
+@pytest.mark.parametrize("method", ["cam", "grad-cam"])
+def test_each_feature_cell_is_placed_on_the_pixel_it_is_centred_on(method):
+    """A plain resize would put cell (3, 2) on pixel (27.5, 19.5); it is centred on (24, 16)."""
+    x = torch.zeros(1, 3, 64, 64)
+    x[0, 0, 24, 16] = 1.0
+    result = class_activation_map(MaxPools(), x, class_index=1, method=method)
+    assert result.feature_size == (8, 8) and result.peak == (24, 16)
+    assert result.values[24, 16] == pytest.approx(1.0)
+    # on an image twice the size, the same place of the image
+    twice = class_activation_map(
+        MaxPools(), x, class_index=1, method=method, output_size=(128, 128)
+    )
+    assert twice.peak in {(48, 32), (48, 33), (49, 32), (49, 33)}
 
 
 @pytest.mark.parametrize(
@@ -224,13 +264,13 @@ def image_version(model: torch.nn.Module, folder: Path, *, name: str = "us-cam")
 
 @pytest.fixture
 def node_image(db, case, tmp_path, settings):
-    """An ultrasound image (PNG, 96 x 96 px: larger than the model's 64) with a known focus."""
+    """An ultrasound image (PNG, at the model's input size) with a known focus."""
     from slides.node_images import register_node_image
 
     settings.SLIDE_IMPORT_ROOTS = []
     settings.RESULTS_DIR = str(tmp_path / "results")
-    rng = np.random.default_rng(7)
-    pixels, focus = generate_node_image(rng, metastatic=True, modality="ultrasound", size=96)
+    rng = np.random.default_rng(10)
+    pixels, focus = generate_node_image(rng, metastatic=True, modality="ultrasound", size=SIZE)
     path = tmp_path / "node-us.png"
     Image.fromarray(pixels, "L").save(path)
     slide = register_node_image(node=case.nodes.first(), path=path, modality="ultrasound")
@@ -268,8 +308,8 @@ def test_a_map_is_computed_by_the_task_cached_and_served_as_an_overlay(
     record = GradCam.objects.get(pk=answer.json()["id"])
     assert record.status == GradCam.Status.SUCCEEDED, record.status_reason
     assert record.method == "cam" and record.model_version == version
-    assert (record.x, record.y, record.width, record.height) == (0, 0, 96, 96)
-    assert distance_to(focus, (int(record.peak_y), int(record.peak_x))) <= 6
+    assert (record.x, record.y, record.width, record.height) == (0, 0, SIZE, SIZE)
+    assert distance_to(focus, (int(record.peak_y), int(record.peak_x))) <= 4
     assert record.max_probability > 0.5  # the model calls it metastatic
 
     detail = client.get(answer.json()["url"]).json()
@@ -277,9 +317,9 @@ def test_a_map_is_computed_by_the_task_cached_and_served_as_an_overlay(
     overlay = client.get(detail["overlayUrl"])
     assert overlay.status_code == 200 and overlay["Content-Type"] == "image/png"
     png = Image.open(io.BytesIO(overlay.content))
-    assert png.mode == "RGBA" and png.size == (96, 96)
+    assert png.mode == "RGBA" and png.size == (SIZE, SIZE)
     stored = read_gradcam_map(record.raster_path)
-    assert stored.shape == (96, 96) and stored.max() == pytest.approx(1.0, abs=1e-3)
+    assert stored.shape == (SIZE, SIZE) and stored.max() == pytest.approx(1.0, abs=1e-3)
     assert stored.min() >= 0
 
     # again: the same record, no task; the other method: its own record
@@ -370,9 +410,10 @@ def test_a_computation_killed_while_writing_leaves_no_file(
     def die(*args, **kwargs):
         raise Killed
 
-    monkeypatch.setattr(config.files.os, "replace", die)
-    with pytest.raises(Killed), django_capture_on_commit_callbacks(execute=True):
-        _client(people.pathologist).post(f"/api/slides/{slide.pk}/cam/", {}, format="json")
+    with monkeypatch.context() as patched:
+        patched.setattr(config.files.os, "replace", die)
+        with pytest.raises(Killed), django_capture_on_commit_callbacks(execute=True):
+            _client(people.pathologist).post(f"/api/slides/{slide.pk}/cam/", {}, format="json")
     record = GradCam.objects.get()
     assert record.status == GradCam.Status.RUNNING and not record.raster_path
     from inference.gradcam import gradcam_dir
@@ -380,4 +421,17 @@ def test_a_computation_killed_while_writing_leaves_no_file(
     written = list(gradcam_dir().rglob("*")) if gradcam_dir().exists() else []
     assert [p for p in written if p.is_file()] == []
     # a worker that starts later finds it running without a heartbeat and computes it again
-    monkeypatch.undo()
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    from inference.gradcam import recover_stale_gradcams
+
+    old = timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS + 60)
+    GradCam.objects.filter(pk=record.pk).update(heartbeat_at=old, created_at=old)
+    assert recover_stale_gradcams() == [record.pk]
+    record.refresh_from_db()
+    assert record.status == GradCam.Status.SUCCEEDED, (record.attempts, record.status_reason)
+    assert record.attempts == 2
+    assert Path(record.raster_path).is_file() and Path(record.overlay_path).is_file()
