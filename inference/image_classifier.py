@@ -407,7 +407,7 @@ def load_node_images(source: Mapping[str, Any]) -> LoadedDataset:
         "val": len(val_set),
         "patients": len(patients),
         "val_patients": int(np.unique(full.groups[split.val]).size),
-        "split": split.note,
+        "split": split.note.replace("groups", "patients").replace("patches", "images"),
         "val_fraction": spec.val_fraction,
         "seed": spec.seed,
         "augmentation": "random resized crop (area 0.6-1, aspect 3/4-4/3), horizontal flip, "

@@ -149,7 +149,8 @@ def test_node_images_split_by_patient_with_a_content_hash(ct_images):
     assert x.shape == (4, 3, 48, 48) and x.dtype == torch.float32  # augmented, three channels
     xv, _ = val_set.get_batch(np.arange(2))
     assert xv.shape == (2, 3, 48, 48) and xv.dtype == torch.uint8
-    assert data.summary["split"].startswith("split by group")
+    assert data.summary["split"].startswith("split by group: ")
+    assert f"of 10 patients in validation ({len(val_set)} of 20 images)" in data.summary["split"]
     assert data.summary["counts"] == {"benign": 10, "metastatic": 10}
     assert load_dataset(source).content_hash == data.content_hash
     assert load_dataset({**source, "seed": 1}).content_hash != data.content_hash
