@@ -16,9 +16,10 @@ Both are upsampled bilinearly to the image, each feature value placed on the pix
 centred on (:func:`upsample`; a plain resize shifts the map by (S - 1) / 2 px for total stride S,
 3.5 px at S = 8, which on 48 px test images halved the share of peaks on the focus), and
 normalised to 0..1 (divided by their maximum).
-For a GAP + linear head ``d logit_c / d A_k = w_ck / (h w)`` at every position, so the two give
-the same normalised map (tested to float rounding): Grad-CAM is the general form, CAM the
-closed one, and the viewer offers both because the seeds name both.
+The class score is the chosen class's logit (optionally against the others', see
+:func:`class_activation_map`). For a GAP + linear head ``d score / d A_k = w_ck / (h w)`` at
+every position, so the two give the same normalised map (tested to float rounding): Grad-CAM is
+the general form, CAM the closed one, and the viewer offers both because the seeds name both.
 
 The image goes through the preprocessing the classifier was trained with
 (:func:`model_input`, through :mod:`inference.image_classifier`'s own resizing: the 8-bit rendering
@@ -95,9 +96,18 @@ def class_activation_map(
     class_index: int,
     method: str = "cam",
     output_size: tuple[int, int] | None = None,
+    contrast: bool = False,
 ) -> ClassActivationMap:
     """The ``method`` map of ``class_index`` for one normalised input ``x`` (1, C, h, w), upsampled
-    to ``output_size`` (H, W; default the input's). The model is put in eval mode."""
+    to ``output_size`` (H, W; default the input's). The model is put in eval mode.
+
+    The class score is the class's logit (Zhou et al.: CAM weighs the feature maps by the
+    class's own weights ``w_c``; Grad-CAM differentiates that logit). With ``contrast`` it is the
+    logit minus the mean of the other classes' logits (for two classes the log-odds, which alone
+    sets the softmax probability; CAM then weighs by ``w_c - mean_k w_k``), removing what all
+    classes share. On the 48 px test nets neither placed peaks on the focus more often across
+    architectures (ResNet-50 0.92 vs 0.75 of peaks within 4 px, ResNet-18 0.58 vs 0.75), so the
+    published form is the default."""
     import torch
     import torch.nn.functional as F
 
@@ -113,11 +123,19 @@ def class_activation_map(
         activations = model.forward_features(x)
         pooled = F.adaptive_avg_pool2d(activations, 1).flatten(1)
         logits = model.fc(model.dropout(pooled))
+        n_classes = logits.shape[1]
+        score = logits[0, class_index]
+        if contrast and n_classes > 1:
+            score = score - (logits[0].sum() - score) / (n_classes - 1)
         if method == "grad-cam":
-            (gradients,) = torch.autograd.grad(logits[0, class_index], activations)
+            (gradients,) = torch.autograd.grad(score, activations)
     with torch.no_grad():
         if method == "cam":
-            weights = model.fc.weight[class_index].view(1, -1, 1, 1).to(activations.dtype)
+            w = model.fc.weight
+            weights = w[class_index]
+            if contrast and n_classes > 1:
+                weights = weights - (w.sum(0) - weights) / (n_classes - 1)
+            weights = weights.view(1, -1, 1, 1).to(activations.dtype)
         else:
             weights = gradients.mean(dim=(2, 3), keepdim=True)
         cam = F.relu((weights * activations).sum(dim=1, keepdim=True)).float()

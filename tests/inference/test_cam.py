@@ -147,8 +147,16 @@ def test_cam_and_grad_cam_are_one_map_for_a_pooled_linear_head(trained):
     np.testing.assert_allclose(cam.values, grad.values, atol=1e-5)
     assert grad.raw_max == pytest.approx(cam.raw_max / 36, rel=1e-4)
     assert cam.probability == pytest.approx(grad.probability)
-    other = class_activation_map(model, x, class_index=0, method="cam")
-    assert not np.allclose(other.values, cam.values[:SIZE, :SIZE], atol=0.05)
+    # against the other class (log-odds): again one map for both methods, another than above
+    maps = [
+        class_activation_map(model, x, class_index=1, method=method, contrast=True).values
+        for method in ("cam", "grad-cam")
+    ]
+    np.testing.assert_allclose(maps[0], maps[1], atol=1e-5)
+    plain = class_activation_map(model, x, class_index=1, method="cam").values
+    assert np.abs(maps[0] - plain).max() > 1e-3  # float rounding is ~1e-6
+    other = class_activation_map(model, x, class_index=0, method="cam").values
+    assert np.abs(other - plain).max() > 0.05
 
 
 class MaxPools(PatchClassifier):
