@@ -7,8 +7,9 @@ Inception-E blocks with the 3x3s split into parallel 1x3 and 3x1; global average
 dropout 0.5, linear. 23.8 M parameters at width 1 with 1000 classes, 299 px input by default.
 ImageNet weights saved from torchvision's ``inception_v3`` load through
 :func:`load_torchvision_state_dict` (the auxiliary head, which this net omits, is reported as
-unexpected; torchvision's ``transform_input`` is not applied: inputs use ImageNet mean/std as
-everywhere else here).
+unexpected). Those weights were trained on inputs scaled to -1..1: ``transform_input=True`` turns
+our ImageNet mean/std normalised input into that scale first, as torchvision's option of that name
+does (off by default, for training from scratch).
 
 Differences from torchvision, for small inputs:
 
@@ -211,6 +212,7 @@ class InceptionV3(PatchClassifier):
         output_stride: total stride, a power of two up to 32.
         padding: ``"same"`` only.
         dropout: before the classifier (0.5 as published).
+        transform_input: rescale ImageNet-normalised input to -1..1 (for torchvision's weights).
     """
 
     name = "inception-v3"
@@ -225,6 +227,7 @@ class InceptionV3(PatchClassifier):
         padding: Padding = "same",
         dropout: float = 0.5,
         in_channels: int = 3,
+        transform_input: bool = False,
     ) -> None:
         super().__init__()
         if check_padding(padding) != "same":
@@ -245,12 +248,16 @@ class InceptionV3(PatchClassifier):
             "padding": padding,
             "dropout": dropout,
             "in_channels": in_channels,
+            "transform_input": transform_input,
         }
         self.padding = padding
         self.output_stride = output_stride
         self.input_size = input_size
         self.in_channels = in_channels
         self.pool_strides = (s_pool1, s_pool2)
+        self.transform_input = transform_input
+        if transform_input and in_channels != 3:
+            raise ValueError("transform_input needs three input channels")
 
         def ch(c: int) -> int:
             return c if width_mult == 1.0 else make_divisible(c * width_mult)
@@ -275,7 +282,17 @@ class InceptionV3(PatchClassifier):
         self.fc = nn.Linear(self.Mixed_7c.out_channels, num_classes)
         self.init_weights()
 
+    def _transform_input(self, x: torch.Tensor) -> torch.Tensor:
+        """ImageNet mean/std normalised -> (pixel - 0.5) / 0.5, channel by channel."""
+        from ..augmentation import IMAGENET_MEAN, IMAGENET_STD
+
+        mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x * std + mean - 0.5) / 0.5
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.transform_input:
+            x = self._transform_input(x)
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, kernel_size=3, stride=self.pool_strides[0], padding=1)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inference.models import build_model, torchvision_state_dict
+from inference.models import build_model, load_torchvision_state_dict, torchvision_state_dict
 
 
 def _n_params(model: torch.nn.Module) -> int:
@@ -102,3 +102,24 @@ def test_inception_refuses_valid_padding_and_bad_widths():
         build_model("inception-v3", num_classes=2, width_mult=0)
     with pytest.raises(ValueError, match="block must be"):
         build_model("resnet50", num_classes=2, block="wide")
+
+
+def test_torchvision_inception_weights_load_without_the_auxiliary_head(tmp_path):
+    torch.manual_seed(4)
+    source = build_model("inception-v3", num_classes=2, input_size=75, width_mult=0.125)
+    state = torchvision_state_dict(source)
+    state["AuxLogits.fc.weight"] = torch.zeros(1000, 768)  # torchvision's file has the aux head
+    path = tmp_path / "inception_v3.pth"
+    torch.save(state, path)
+    fresh = build_model(
+        "inception-v3", num_classes=2, input_size=75, width_mult=0.125, transform_input=True
+    )
+    report = load_torchvision_state_dict(fresh, path)
+    assert report.ok and report.unexpected == ["AuxLogits.fc.weight"]
+    # transform_input: ImageNet-normalised input seen as (pixel - 0.5) / 0.5
+    pixels = torch.rand(2, 3, 75, 75)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    source.eval(), fresh.eval()
+    with torch.no_grad():
+        assert torch.allclose(fresh((pixels - mean) / std), source((pixels - 0.5) / 0.5), atol=1e-5)

@@ -354,3 +354,22 @@ def test_model_page_comparison_and_operating_point_routes(two_versions, people, 
         ).status_code
         == 404
     )
+
+
+def test_a_validation_set_of_one_class_gives_no_operating_point_but_says_why():
+    from types import SimpleNamespace
+
+    from inference.jobs import LoadedDataset
+    from inference.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet-small", num_classes=2, input_size=32, widths=(8, 8, 8, 8))
+    images, _ = _generated(4, size=32, seed=5)
+    val = ic.NodeImageSet(images, [0, 0, 0, 0], groups=[0, 0, 1, 1], slide_ids=[1, 2, 3, 4])
+    result = SimpleNamespace(
+        build_model=lambda: model.eval(), recipe=TrainingRecipe(), classes=list(ic.CLASSES)
+    )
+    dataset = LoadedDataset(train=val, val=val, content_hash="h", summary={"seed": 0})
+    fields = ic.evidence_fields(result, dataset)
+    assert set(fields) == {"threshold_metrics"}
+    assert "both metastatic and benign" in fields["threshold_metrics"]["error"]
