@@ -35,7 +35,10 @@ class CamRequestSerializer(serializers.Serializer):
         choices=METHODS, default="cam", help_text="cam (global average pooling) or grad-cam"
     )
     model_version = serializers.IntegerField(
-        min_value=1, required=False, help_text="a node-image model version; default: the newest"
+        min_value=1,
+        max_value=2**63 - 1,
+        required=False,
+        help_text="a node-image model version; default: the newest",
     )
 
 

@@ -443,3 +443,35 @@ def test_a_computation_killed_while_writing_leaves_no_file(
     assert record.status == GradCam.Status.SUCCEEDED, (record.attempts, record.status_reason)
     assert record.attempts == 2
     assert Path(record.raster_path).is_file() and Path(record.overlay_path).is_file()
+
+
+def test_a_ct_image_is_explained_through_its_own_window(
+    people, case, tmp_path, settings, eager, django_capture_on_commit_callbacks
+):
+    """A DICOM CT (Hounsfield units, 40/400 window, not square) gets a map of its own size."""
+    from inference.synthetic_images import CT_WINDOW
+    from slides.node_images import register_node_image
+    from tests.slides.node_image_files import write_dicom
+
+    settings.SLIDE_IMPORT_ROOTS = []
+    settings.RESULTS_DIR = str(tmp_path / "results")
+    hu, _ = generate_node_image(
+        np.random.default_rng(2), metastatic=True, modality="ct", size=SIZE * 2
+    )
+    path = write_dicom(tmp_path / "ct.dcm", hu=hu[:, :80], window=CT_WINDOW)
+    slide = register_node_image(node=case.nodes.first(), path=path, modality="ct")
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=2, input_size=SIZE, **ARCHITECTURES["resnet18"])
+    version = image_version(model.eval(), tmp_path, name="ct-cam")
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = _client(people.lab_lead).post(
+            f"/api/slides/{slide.pk}/cam/",
+            {"method": "grad-cam", "model_version": version.pk},
+            format="json",
+        )
+    assert answer.status_code == 202, answer.content
+    record = GradCam.objects.get(pk=answer.json()["id"])
+    assert record.status == GradCam.Status.SUCCEEDED, record.status_reason
+    assert (record.width, record.height) == (80, SIZE * 2)
+    stored = read_gradcam_map(record.raster_path)
+    assert stored.shape == (SIZE * 2, 80) and stored.min() >= 0 and stored.max() <= 1
