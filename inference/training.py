@@ -497,7 +497,42 @@ def train(
     after every epoch and, when ``resume`` is true and one is there, training continues after its
     epoch (a checkpoint of another model, recipe or dataset raises :class:`CheckpointMismatch`);
     the best weights go to ``checkpoint_dir / "model.pt"`` at the end.
+
+    On CUDA, cuDNN's autotuning (``cudnn.benchmark``) is on while training (fixed batch shapes)
+    and set back afterwards. Left on in a worker, it would re-tune cuDNN for every new tile shape
+    of later scoring tasks; the likely reason (not yet confirmed on a GPU) why seed 002's 16
+    development nodes took 100 s to score on an H100 right after training in the same process.
     """
+    previous = torch.backends.cudnn.benchmark
+    try:
+        return _train(
+            model_name=model_name,
+            train_set=train_set,
+            val_set=val_set,
+            recipe=recipe,
+            progress=progress,
+            should_cancel=should_cancel,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            device=device,
+        )
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
+def _train(
+    *,
+    model_name: str,
+    train_set,
+    val_set,
+    recipe: TrainingRecipe | None = None,
+    progress: Callable[[TrainingProgress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    checkpoint_dir: str | PathLike[str] | None = None,
+    resume: bool = True,
+    device: str | torch.device | None = None,
+) -> TrainingResult:
+    """:func:`train` without restoring cuDNN's autotuning flag."""
     recipe = recipe or TrainingRecipe()
     started = time.perf_counter()
     dev = _resolve_device(device)

@@ -256,3 +256,5 @@ def test_cuda_mixed_precision_channels_last(blobs):
     )
     assert result.device.startswith("cuda") and math.isfinite(result.history[-1].train_loss)
     assert all(v.device.type == "cpu" for v in result.state_dict.values())
+    # cuDNN autotuning was on for training only: scoring's varying tile shapes must not re-tune
+    assert torch.backends.cudnn.benchmark is False
