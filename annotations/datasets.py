@@ -127,6 +127,12 @@ def create_snapshot(
     stride_px = patch_px if stride_px is None else stride_px
     if patch_px <= 0 or stride_px <= 0 or target_mpp <= 0:
         raise DatasetError("patch size, stride and target mpp must be positive")
+    images = [s for s in chosen if s.modality != Slide.Modality.SLIDE]
+    if images:
+        listed = ", ".join(f"{s.pk} ({s.name}, {s.get_modality_display()})" for s in images)
+        raise DatasetError(
+            f"patch datasets are cut from whole slides; these are node images: {listed}"
+        )
     no_mpp = [s for s in chosen if not s.mpp]
     if no_mpp:
         listed = ", ".join(f"{s.pk} ({s.name})" for s in no_mpp)

@@ -216,7 +216,9 @@ def case_tumour_patches(case, grid: BagGrid) -> tuple[list, np.ndarray, dict[str
     from annotations.models import Annotation, LabelClass
     from slides.models import Slide
 
-    slides = list(Slide.objects.filter(node__case=case).order_by("id"))
+    slides = list(
+        Slide.objects.filter(node__case=case, modality=Slide.Modality.SLIDE).order_by("id")
+    )
     boxes: list[np.ndarray] = []
     identity: dict[str, Any] = {"grid": asdict(grid), "slides": {}}
     for slide in slides:

@@ -105,6 +105,10 @@ def negative_slides(slide_ids: Iterable[int] | None = None) -> list[Slide]:
             raise MiningError(
                 f"slides of nodes known to hold tumour cannot be mined for hard negatives: {names}"
             )
+        images = [s for s in slides if s.modality != Slide.Modality.SLIDE]
+        if images:
+            names = ", ".join(f"{s.pk} ({s.name})" for s in images)
+            raise MiningError(f"node images (CT, ultrasound) are not whole slides: {names}")
         return slides
     negative_nodes = set(
         Node.objects.filter(ground_truth=Node.GroundTruth.NEGATIVE).values_list("pk", flat=True)
@@ -118,7 +122,7 @@ def negative_slides(slide_ids: Iterable[int] | None = None) -> list[Slide]:
         ).values_list("node_id", flat=True)
     )
     return list(
-        Slide.objects.filter(node_id__in=negative_nodes)
+        Slide.objects.filter(node_id__in=negative_nodes, modality=Slide.Modality.SLIDE)
         .exclude(node__ground_truth=Node.GroundTruth.POSITIVE)
         .select_related("node")
         .order_by("pk")

@@ -85,11 +85,18 @@ def rescore_all(
     _check_scannable(version, role="primary")
     if secondary is not None:
         _check_scannable(secondary, role="secondary")
-    queryset = Slide.objects.order_by("pk")
+    # patch models score whole slides; CT, ultrasound and other node images are not scanned
+    queryset = Slide.objects.filter(modality=Slide.Modality.SLIDE).order_by("pk")
     if slides is not None:
         wanted = sorted({int(pk) for pk in slides})
         queryset = queryset.filter(pk__in=wanted)
         missing = set(wanted) - set(queryset.values_list("pk", flat=True))
+        images = Slide.objects.filter(pk__in=missing).exclude(modality=Slide.Modality.SLIDE)
+        if images.exists():
+            raise ScoringRequestError(
+                f"slides {sorted(images.values_list('pk', flat=True))} are node images (CT,"
+                " ultrasound or other), not whole slides: patch models score whole slides only"
+            )
         if missing:
             raise ScoringRequestError(f"no slides with ids {sorted(missing)}")
     slide_ids = list(queryset.values_list("pk", flat=True))
@@ -357,7 +364,8 @@ def score_node_if_complete(*, run: ScoringRun, node: Node) -> NodeScore | None:
     if NodeScore.objects.filter(scoring_run=run, node=node).exists():
         return None
     heatmaps = []
-    for slide_id in Slide.objects.filter(node=node).values_list("pk", flat=True):
+    whole_slides = Slide.objects.filter(node=node, modality=Slide.Modality.SLIDE)
+    for slide_id in whole_slides.values_list("pk", flat=True):
         heatmap = (
             HeatMap.objects.filter(slide_id=slide_id, scoring_run=run).order_by("-id").first()
             or HeatMap.objects.filter(

@@ -1,4 +1,4 @@
-"""Newly imported slides are scored by the live model (after their import commits)."""
+"""Newly imported whole slides are scored by the live model (after their import commits)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from slides.models import Slide
 
 @receiver(post_save, sender=Slide, dispatch_uid="score-imported-slide")
 def _score_new_slide(sender, instance: Slide, created: bool, raw: bool = False, **kwargs) -> None:
-    if not created or raw:
-        return
+    if not created or raw or instance.modality != Slide.Modality.SLIDE:
+        return  # node images (CT, ultrasound) are not scanned by patch models
     from .rescoring import score_imported_slides
 
     transaction.on_commit(
