@@ -952,6 +952,13 @@ def predict_images(
     not_images = [s.pk for s in slides if not getattr(s, "is_node_image", False)]
     if not_images:
         raise NodeImageError(f"slides {not_images[:10]} are whole slides, not node images")
+    trained_on = (version.dataset_summary or {}).get("modality")
+    other = [s.pk for s in slides if trained_on and s.modality != trained_on]
+    if other:
+        raise NodeImageError(
+            f"model {version.name} was trained on {trained_on} images; images {other[:10]} "
+            "are of another modality"
+        )
     model, meta = _loaded_model(version)
     size, mean, std = _version_preprocessing(version)
     positive = _positive_index(meta.get("classes") or version.classes)

@@ -228,6 +228,9 @@ def test_training_runs_reach_versions_with_auroc_ci_and_an_operating_point(two_v
         assert score == pytest.approx(stored[slide_id], abs=1e-5)
     with pytest.raises(ic.NodeImageError, match="not a node-image classifier"):
         ic.predict_images(ModelVersion(name="patch", stage="primary"), slides)
+    slides[0].modality = Slide.Modality.ULTRASOUND  # in memory only
+    with pytest.raises(ic.NodeImageError, match="trained on ct images"):
+        ic.predict_images(version, slides)
 
     # an admin's target sensitivity instead of Youden's J
     ic.set_operating_point(version, target_sensitivity=1.0)
