@@ -41,11 +41,13 @@ from rest_framework.authtoken.models import Token
 
 from annotations import services as annotation_services
 from inference.heatmaps import write_raster
+from inference.image_classifier import IMAGE_STAGE
 from inference.records import GradCam, HeatMap, ScoringRun, TrainingRun
 from review.models import ReviewDecision
 from slides.access import grant_role
 from slides.ingest import register_slide
 from slides.models import Lab, Role
+from studies.services import create_study, open_study
 from tests.factories import gradient_image, make_case, write_pyramid_tiff
 from tests.review.factories import make_model_version, score_node
 
@@ -66,9 +68,12 @@ ROLE_OF = {
 }
 RANK = {Role.PATHOLOGIST: 1, Role.LAB_LEAD: 2, Role.ADMIN: 3}
 
-# What a call needs: "public" (anyone, logged in or not), "user" (any role), a role, or "staff"
-# (Django's admin site: is_staff, which none of the matrix users is).
-PUBLIC, USER, STAFF = "public", "user", "staff"
+# What a call needs: "public" (anyone, logged in or not), "user" (any role), a role, "staff"
+# (Django's admin site: is_staff, which none of the matrix users is), or "reader": the readers of
+# the world's reader study (lab A's pathologist alone); everyone else, the study's managers
+# included, must get 404.
+PUBLIC, USER, STAFF, READER = "public", "user", "staff", "reader"
+STUDY_READERS = {"pathologist"}
 PATHOLOGIST, LAB_LEAD, ADMIN = Role.PATHOLOGIST, Role.LAB_LEAD, Role.ADMIN
 
 SQUARE = {
@@ -165,6 +170,17 @@ def _build_world(root: Path) -> World:
         status=GradCam.Status.SUCCEEDED, overlay_path=str(overlay),
     )  # fmt: skip
     score_node(node2, version, 0.1)
+    image_version = make_model_version("access-image", stage=IMAGE_STAGE, live=False)
+    study = create_study(
+        user=users["lab_lead"],
+        data={
+            "name": "matrix study",
+            "lab": lab_a.pk,
+            "images": [slide.pk],
+            "readers": [users["pathologist"].pk],
+        },
+    )
+    open_study(study=study, user=users["lab_lead"])
 
     other_case = make_case(lab_b, "ACC-B-1", nodes=("node 1",))
     other_node = other_case.nodes.get()
@@ -203,6 +219,9 @@ def _build_world(root: Path) -> World:
             "scoring_run": run.pk,
             "heatmap": heatmap.pk,
             "gradcam": gradcam.pk,
+            "image_version": image_version.pk,
+            "study": study.pk,
+            "study_image": study.images.get().pk,
         },
         other={
             "lab": lab_b.pk,
@@ -422,6 +441,48 @@ MATRIX: tuple[Entry, ...] = (
     ),
     Entry("/api/cases/{case}/clinical/history/", (get(PATHOLOGIST, lab=True),)),
     Entry("/api/cases/{case}/mil-prediction/", (get(PATHOLOGIST, lab=True),)),
+    # CT / ultrasound node images (issue 9): class activation maps (the matrix's version is a
+    # patch model: a 400 naming it), and whole-image classifiers (platform-wide like the models)
+    Entry(
+        "/api/slides/{slide}/cam/",
+        (post(PATHOLOGIST, lab=True, body=lambda w: {"model_version": w.ids["version"]}),),
+    ),
+    Entry("/models/{image_version}/comparison/", (get(USER),)),
+    Entry("/api/model-versions/{image_version}/comparison/", (get(USER),)),
+    Entry(
+        "/api/model-versions/{image_version}/operating-point/",
+        (post(ADMIN, body={"method": "youden"}),),
+    ),
+    # reader studies (issue 9): lab leads and admins of the study's lab manage them; only the
+    # study's readers reach the reading routes (everyone else gets 404, managers included)
+    Entry("/studies/", (get(USER),)),
+    Entry("/studies/new/", (get(LAB_LEAD), post(LAB_LEAD, multipart=True))),
+    Entry("/api/studies/", (get(USER), post(LAB_LEAD))),
+    Entry(
+        "/api/studies/{study}/",
+        (get(LAB_LEAD, lab=True), Call("PATCH", LAB_LEAD, True, body={"name": "renamed"})),
+    ),
+    Entry("/api/studies/{study}/open/", (post(LAB_LEAD, lab=True),)),
+    Entry("/api/studies/{study}/close/", (post(LAB_LEAD, lab=True),)),
+    Entry("/api/studies/{study}/model-answers/", (post(LAB_LEAD, lab=True),)),
+    Entry("/api/studies/{study}/results/", (get(LAB_LEAD, lab=True),)),
+    Entry("/api/studies/{study}/answers.csv", (get(LAB_LEAD, lab=True),)),
+    Entry(
+        "/studies/{study}/",
+        (get(LAB_LEAD, lab=True), post(LAB_LEAD, lab=True, multipart=True, body={"action": "x"})),
+    ),
+    Entry(
+        "/studies/{study}/edit/",
+        (get(LAB_LEAD, lab=True), post(LAB_LEAD, lab=True, multipart=True)),
+    ),
+    Entry("/studies/{study}/results/", (get(LAB_LEAD, lab=True),)),
+    Entry("/studies/{study}/read/", (get(READER), post(READER, multipart=True))),
+    Entry("/api/studies/{study}/reading/", (get(READER),)),
+    Entry(
+        "/api/studies/{study}/reading/answers/",
+        (post(READER, body=lambda w: {"image": w.ids["study_image"], "label": "benign"}),),
+    ),
+    Entry("/api/studies/{study}/reading/images/{study_image}/tilesource/", (get(READER),)),
 )
 
 # Django's admin site: every route needs is_staff, except its own log-in and log-out.
@@ -497,6 +558,8 @@ def expected(who: str, call: Call) -> str:
         return "allowed"
     if who == "anonymous" or call.needs == STAFF:
         return "refused"
+    if call.needs == READER:
+        return "allowed" if who in STUDY_READERS else "hidden"
     if call.needs != USER and RANK[ROLE_OF[who]] < RANK[call.needs]:
         return "refused"
     if call.lab and who in OUTSIDERS:
