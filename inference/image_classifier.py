@@ -483,6 +483,39 @@ def delong_ci(
     return {"auc": auc, "se": se, "ci": [max(0.0, auc - z * se), min(1.0, auc + z * se)]}
 
 
+def delong_paired(
+    truths: Sequence[bool] | np.ndarray,
+    scores_a: Sequence[float] | np.ndarray,
+    scores_b: Sequence[float] | np.ndarray,
+) -> dict[str, float]:
+    """DeLong's test of two correlated AUROCs (two models on the same images): the difference
+    A - B, its standard error from the placement values' covariances, and the two-sided p-value
+    of z = difference / se (1.0 when both models rank the images identically)."""
+    from scipy.stats import norm
+
+    t = np.asarray(truths, dtype=bool).reshape(-1)
+    placements = []
+    for scores in (scores_a, scores_b):
+        sc = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if sc.size != t.size:
+            raise NodeImageError(f"{t.size} truths but {sc.size} scores")
+        pos, neg = sc[t], sc[~t]
+        psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+        placements.append((psi.mean(), psi.mean(axis=1), psi.mean(axis=0)))
+    m, n = int(t.sum()), int((~t).sum())
+    if m < 2 or n < 2:
+        raise NodeImageError("a paired DeLong test needs two metastatic and two benign images")
+    (auc_a, v10_a, v01_a), (auc_b, v10_b, v01_b) = placements
+    s10 = np.cov(np.vstack([v10_a, v10_b]))
+    s01 = np.cov(np.vstack([v01_a, v01_b]))
+    var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / m + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / n
+    diff = float(auc_a - auc_b)
+    se = math.sqrt(max(float(var), 0.0))
+    # no spread at all: the same ranking (p = 1), or a difference no variance can test (nan)
+    p = float(2 * norm.sf(abs(diff) / se)) if se > 0 else (1.0 if diff == 0.0 else math.nan)
+    return {"difference": diff, "se": se, "p": p}
+
+
 def _group_index(groups: Sequence | np.ndarray | None, n: int) -> list[np.ndarray]:
     """Image indices per group (each image its own group when ``groups`` is None)."""
     if groups is None:
@@ -901,14 +934,46 @@ def evidence_summary(version: ModelVersion) -> dict[str, Any] | None:
     }
 
 
+def _validation_scores(version: ModelVersion) -> dict[int, tuple[bool, float]]:
+    stored = (version.threshold_metrics or {}).get("validation") or {}
+    slides, truths, scores = stored.get("slides"), stored.get("truths"), stored.get("scores")
+    if not slides or not truths or not scores:
+        return {}
+    return {int(s): (bool(t), float(v)) for s, t, v in zip(slides, truths, scores, strict=True)}
+
+
 def compare_versions(*, dataset_hash: str) -> list[dict[str, Any]]:
     """Every node-image ModelVersion trained on the dataset with ``dataset_hash`` (same images,
-    same split), best AUROC first, with AUROC [CI] and the operating-point figures."""
+    same split), best AUROC first, with AUROC [CI] and the operating-point figures; every model
+    after the first also carries ``vs_best``: DeLong's paired test of its AUROC against the
+    best one's on their common validation images (None where it cannot be computed)."""
     from .records import ModelVersion
+    from .thresholds import _json_ready
 
-    versions = ModelVersion.objects.filter(stage=IMAGE_STAGE, dataset_hash=dataset_hash)
-    rows = [row for v in versions if (row := evidence_summary(v)) is not None]
+    versions = {
+        v.pk: v for v in ModelVersion.objects.filter(stage=IMAGE_STAGE, dataset_hash=dataset_hash)
+    }
+    rows = [row for v in versions.values() if (row := evidence_summary(v)) is not None]
     rows.sort(key=lambda r: (-(r["auroc"]["value"] or 0.0), r["id"]))
+    if not rows:
+        return rows
+    best = _validation_scores(versions[rows[0]["id"]])
+    rows[0]["vs_best"] = None
+    for row in rows[1:]:
+        row["vs_best"] = None
+        other = _validation_scores(versions[row["id"]])
+        common = sorted(set(best) & set(other))
+        if not common or any(best[k][0] != other[k][0] for k in common):
+            continue
+        try:
+            test = delong_paired(
+                [best[k][0] for k in common],
+                [other[k][1] for k in common],
+                [best[k][1] for k in common],
+            )
+        except NodeImageError:
+            continue
+        row["vs_best"] = _json_ready({**test, "against": rows[0]["id"], "images": len(common)})
     return rows
 
 

@@ -311,6 +311,10 @@ def test_model_page_comparison_and_operating_point_routes(two_versions, people, 
         assert f'data-version="{version.pk}"' in html and version.architecture in html
     body = client.get(f"/api/model-versions/{second.pk}/comparison/").json()
     assert {row["architecture"] for row in body["versions"]} == {"resnet-small", "resnet18"}
+    best, runner_up = body["versions"]
+    assert best["vs_best"] is None and runner_up["vs_best"]["against"] == best["id"]
+    assert runner_up["vs_best"]["images"] == first.dataset_summary["val"]
+    assert runner_up["vs_best"]["p"] is None or 0 <= runner_up["vs_best"]["p"] <= 1
     row = next(r for r in body["versions"] if r["id"] == first.pk)
     assert row["auroc"]["value"] == pytest.approx(first.val_auc, abs=1e-6)
     assert row["auroc"]["ci"] and row["sensitivity"]["ci"] and row["accuracy"]["exact_ci"]
@@ -376,3 +380,36 @@ def test_a_validation_set_of_one_class_gives_no_operating_point_but_says_why():
     fields = ic.evidence_fields(result, dataset)
     assert set(fields) == {"threshold_metrics"}
     assert "both metastatic and benign" in fields["threshold_metrics"]["error"]
+
+
+def test_paired_delong_against_the_formula_written_out():
+    rng = np.random.default_rng(1)
+    truths = np.r_[np.ones(7, bool), np.zeros(9, bool)]
+    a = rng.normal(truths * 1.0, 1.0)
+    b = a + rng.normal(0, 0.8, size=a.size)
+    pos, neg = np.flatnonzero(truths), np.flatnonzero(~truths)
+
+    def placements(s):
+        def psi(x, y):
+            return 1.0 if x > y else 0.5 if x == y else 0.0
+
+        v10 = [sum(psi(s[i], s[j]) for j in neg) / len(neg) for i in pos]
+        v01 = [sum(psi(s[i], s[j]) for i in pos) / len(pos) for j in neg]
+        return sum(v10) / len(v10), v10, v01
+
+    def cov(x, y):
+        mx, my = sum(x) / len(x), sum(y) / len(y)
+        return sum((p - mx) * (q - my) for p, q in zip(x, y, strict=True)) / (len(x) - 1)
+
+    auc_a, v10_a, v01_a = placements(a)
+    auc_b, v10_b, v01_b = placements(b)
+    var = (cov(v10_a, v10_a) + cov(v10_b, v10_b) - 2 * cov(v10_a, v10_b)) / 7 + (
+        cov(v01_a, v01_a) + cov(v01_b, v01_b) - 2 * cov(v01_a, v01_b)
+    ) / 9
+    z = (auc_a - auc_b) / math.sqrt(var)
+    out = ic.delong_paired(truths, a, b)
+    assert out["difference"] == pytest.approx(auc_a - auc_b)
+    assert out["se"] == pytest.approx(math.sqrt(var))
+    assert out["p"] == pytest.approx(math.erfc(abs(z) / math.sqrt(2)))
+    same = ic.delong_paired(truths, a, 2 * a + 1)  # same ranking
+    assert same["difference"] == 0 and same["p"] == 1.0
