@@ -9,15 +9,16 @@ depend on them) and a batch of random images at its input size (``--batch-size``
    - baseline: the model as trained, eval mode, float32, NCHW contiguous, under ``torch.no_grad``;
    - platform: what ``inference.scoring.Classifier`` runs: batch norms folded into the
      convolutions, channels-last, under ``torch.inference_mode``, and on CUDA float16 autocast
-     (``--amp-dtype``). The largest difference of their softmax probabilities is printed.
+     (``--amp-dtype``). The largest difference of their softmax probabilities, and of their
+     logits relative to the largest logit, is printed.
 2. Training steps (forward, cross-entropy, backward, Adam step), same batches:
    - baseline: float32, NCHW contiguous;
    - platform: channels-last, and on CUDA mixed precision (autocast; a gradient scaler with
      float16), as ``inference.training.train`` does on CUDA.
 
 Ratios are platform / baseline. Runs on CUDA when the machine has one, else on the CPU
-(``--device`` picks). ``--quick`` (the suite): width 0.25 networks, batch 4 and two timed
-iterations, about a minute on two CPU cores; full mode: full-width networks. On the CPU torch uses
+(``--device`` picks). ``--quick`` (the suite): width 0.25 networks, batch 4 and three timed
+iterations (the median counts), under a minute on two CPU cores; full mode: full-width networks. On the CPU torch uses
 ``--threads`` threads (default: torch's). The last line printed is one JSON object.
 """
 
@@ -27,6 +28,7 @@ import argparse
 import contextlib
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -47,15 +49,18 @@ def _sync(device: torch.device) -> None:
 
 
 def _timed(step, *, device: torch.device, warmup: int, iters: int) -> float:
-    """Best-of-one mean seconds per call of ``step`` after ``warmup`` untimed calls."""
+    """Median seconds per call of ``step`` over ``iters`` timed calls after ``warmup`` untimed
+    ones (the median, not the mean: on a shared machine single calls can wait for a core)."""
     for _ in range(warmup):
         step()
     _sync(device)
-    t0 = time.perf_counter()
+    times = []
     for _ in range(iters):
+        t0 = time.perf_counter()
         step()
-    _sync(device)
-    return (time.perf_counter() - t0) / iters
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -102,16 +107,17 @@ def inference_figures(
 
     base_s = _timed(baseline, device=device, warmup=warmup, iters=iters)
     fast_s = _timed(platform_path, device=device, warmup=warmup, iters=iters)
-    diff = (
-        (torch.softmax(baseline().float(), 1) - torch.softmax(platform_path().float(), 1))
-        .abs()
-        .max()
-    )
+    want, got = baseline().float(), platform_path().float()
+    diff = (torch.softmax(want, 1) - torch.softmax(got, 1)).abs().max()
+    # random weights can saturate the softmax (an untrained Inception's logits reach 1e2), so
+    # the logits are compared too, relative to their largest magnitude
+    relative = (want - got).abs().max() / want.abs().max().clamp_min(1e-12)
     out = {
         "baseline_images_per_s": round(batch / base_s, 1),
         "platform_images_per_s": round(batch / fast_s, 1),
         "batch_norms_folded": folded,
         "max_abs_diff": float(diff),
+        "max_rel_logit_diff": float(relative),
     }
     out["ratio"] = round(out["platform_images_per_s"] / out["baseline_images_per_s"], 2)
     return out
@@ -196,8 +202,8 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     width = args.width or (0.25 if args.quick else 1.0)
     batch = args.batch_size or (4 if args.quick else (64 if on_cuda else 16))
-    iters = args.iters or (2 if args.quick else (20 if on_cuda else 5))
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    iters = args.iters or (3 if args.quick else (20 if on_cuda else 5))
+    warmup = args.warmup if args.warmup is not None else 2
     amp_dtype = None if args.amp_dtype == "none" or not on_cuda else getattr(torch, args.amp_dtype)
     wanted = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(wanted) - {n for n, _ in NETWORKS})
@@ -242,7 +248,7 @@ def main() -> None:
             f"  {name:<13} {size} px, {params / 1e6:6.2f} M parameters\n"
             f"    inference {infer['baseline_images_per_s']:9.1f} images/s baseline (fp32, NCHW),"
             f" {infer['platform_images_per_s']:9.1f} platform: {infer['ratio']:.2f}x"
-            f" (max |dp| {infer['max_abs_diff']:.1e})\n"
+            f" (max |dp| {infer['max_abs_diff']:.1e}, logits {infer['max_rel_logit_diff']:.1e})\n"
             f"    training  {train['baseline_images_per_s']:9.1f} images/s baseline (fp32, NCHW),"
             f" {train['platform_images_per_s']:9.1f} channels-last"
             + (" + mixed precision" if amp_dtype else "")
