@@ -11,8 +11,7 @@
  * fetched; switching method shows the other one. Resolves to a controller
  * {panel, overlays, setVisible, toggle, setMethod, setOpacity, destroy}.
  */
-import { waitForGradcam } from "./gradcam.js";
-import { csrfToken, errorMessage } from "./annotate-api.js";
+import { addImage, jsonRequest, waitForGradcam } from "./gradcam.js";
 
 /** Keyboard shortcut that shows and hides the map. */
 export const CAM_KEY = "c";
@@ -29,45 +28,6 @@ export const CAM_METHODS = [
 /** The CAM API URL of a node image. */
 export function camUrl(slideId) {
   return `/api/slides/${slideId}/cam/`;
-}
-
-async function postJson(url, body) {
-  const response = await fetch(url, {
-    method: "POST",
-    headers: { Accept: "application/json", "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
-    credentials: "same-origin",
-    body: JSON.stringify(body),
-  });
-  let parsed = null;
-  try {
-    parsed = await response.json();
-  } catch {
-    /* not JSON */
-  }
-  if (!response.ok) {
-    const error = new Error(errorMessage(parsed, response.status));
-    error.status = response.status;
-    throw error;
-  }
-  return parsed;
-}
-
-function addOverlay(viewer, record, opacity) {
-  return new Promise((resolve, reject) => {
-    const base = viewer.world.getItemAt(0);
-    const { x, y, width, height } = record.region;
-    const rect = base.imageToViewportRectangle(x, y, width, height);
-    viewer.addTiledImage({
-      tileSource: { type: "image", url: record.overlayUrl, buildPyramid: false },
-      index: viewer.world.getItemCount(),
-      opacity,
-      x: rect.x,
-      y: rect.y,
-      width: rect.width,
-      success: (event) => resolve(event.item),
-      error: (event) => reject(new Error(event.message || "could not show the map")),
-    });
-  });
 }
 
 function buildPanel(viewer) {
@@ -130,9 +90,9 @@ export async function mountCam(viewer, info = {}) {
     const ticket = ++controller.request;
     say("Computing the map…", "busy");
     try {
-      const record = await waitForGradcam(await postJson(camUrl(slideId), { method }));
+      const record = await waitForGradcam(await jsonRequest("POST", camUrl(slideId), { method }));
       if (!controller.overlays[method]) {
-        const item = await addOverlay(viewer, record, 0);
+        const item = await addImage(viewer, record, 0);
         controller.overlays[method] = { record, item };
       }
       if (ticket === controller.request) say(describe(record), "ready");

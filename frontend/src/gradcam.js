@@ -45,7 +45,9 @@ function baseImage(viewer) {
   return viewer.world.getItemCount() > 0 ? viewer.world.getItemAt(0) : null;
 }
 
-async function jsonRequest(method, url, body) {
+/** A JSON request with the CSRF token; a non-2xx answer throws an Error with the server's
+ * message and `status`. */
+export async function jsonRequest(method, url, body) {
   const headers = { Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (method !== "GET") headers["X-CSRFToken"] = csrfToken();
@@ -84,7 +86,9 @@ export async function waitForGradcam(record, { pollMs = POLL_MS, limitMs = POLL_
   return current;
 }
 
-function addImage(viewer, record, opacity) {
+/** Lay a map record's overlay PNG over its region of the base image (`record.region`, level-0
+ * px); resolves to the tiled image. Shared by the Grad-CAM tool and the CAM of node images. */
+export function addImage(viewer, record, opacity) {
   return new Promise((resolve, reject) => {
     const base = baseImage(viewer);
     const { x, y, width, height } = record.region;
@@ -97,7 +101,7 @@ function addImage(viewer, record, opacity) {
       y: rect.y,
       width: rect.width,
       success: (event) => resolve(event.item),
-      error: (event) => reject(new Error(event.message || "could not show the Grad-CAM map")),
+      error: (event) => reject(new Error(event.message || "could not show the map")),
     });
   });
 }
