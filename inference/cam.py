@@ -39,7 +39,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .cam_maps import (  # noqa: F401 - the map's API, re-exported
@@ -52,7 +51,13 @@ from .cam_maps import (  # noqa: F401 - the map's API, re-exported
     model_input,
     upsample,
 )
-from .gradcam import GradCamError, GradCamMap, GradCamUnavailable, write_gradcam_files
+from .gradcam import (
+    GradCamError,
+    GradCamMap,
+    GradCamUnavailable,
+    find_or_queue_map,
+    write_gradcam_files,
+)
 from .records import GradCam, ModelVersion
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -172,9 +177,6 @@ def request_image_cam(
     """The ``method`` map of a node image for ``version`` (default: the newest node-image model)
     and whether it was already there. A new or previously failed record is queued on the `gpu`
     queue once the transaction commits."""
-    from config.queueing import check_queue_reachable
-
-    from .gradcam import _queue
 
     check_method(method)
     check_node_image(slide)
@@ -190,31 +192,11 @@ def request_image_cam(
         raise GradCamError(f"node image {slide.pk} has no size")
     region = {"x": 0, "y": 0, "width": slide.width, "height": slide.height}
     key = {"slide": slide, "model_version": version, "method": method, **region}
-    existing = GradCam.objects.filter(**key).first()
-    if existing is not None and existing.status != GradCam.Status.FAILED:
-        return existing, True
-    if enqueue:
-        check_queue_reachable()
-    from audit.log import record
-
-    with transaction.atomic():
-        if existing is not None:  # failed before: try again
-            GradCam.objects.filter(pk=existing.pk, status=GradCam.Status.FAILED).update(
-                status=GradCam.Status.QUEUED, status_reason="", finished_at=None
-            )
-            gradcam = GradCam.objects.get(pk=existing.pk)
-        else:
-            try:
-                with transaction.atomic():
-                    gradcam = GradCam.objects.create(
-                        **key,
-                        window_px=float(max(slide.width, slide.height)),
-                        requested_by=user if getattr(user, "is_authenticated", False) else None,
-                    )
-            except IntegrityError:  # the same map asked for at the same moment
-                return GradCam.objects.get(**key), True
-        record(actor=user, action="class activation map requested", obj=gradcam, method=method)
-        if enqueue:
-            pk = gradcam.pk
-            transaction.on_commit(lambda: _queue(pk))
-    return gradcam, False
+    return find_or_queue_map(
+        key,
+        window_px=float(max(slide.width, slide.height)),
+        user=user,
+        enqueue=enqueue,
+        action="class activation map requested",
+        details={"method": method},
+    )

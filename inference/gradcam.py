@@ -476,14 +476,37 @@ def request_gradcam(
     """The Grad-CAM record of a region for ``version`` (the live primary by default) and whether
     it was already there (a cache hit: nothing is recomputed). A new or previously failed record is
     queued on the `gpu` queue once the transaction commits."""
-    from config.queueing import check_queue_reachable
-
     version = version or live_primary()
     if version is None:
         raise GradCamUnavailable("there is no live primary model to explain yet")
     window_px = window_px_for(slide=slide, version=version)
     region = check_region(slide=slide, window_px=window_px, x=x, y=y, width=width, height=height)
     key = {"slide": slide, "model_version": version, **region.to_dict()}
+    return find_or_queue_map(
+        key,
+        window_px=window_px,
+        user=user,
+        enqueue=enqueue,
+        action="grad-cam requested",
+        details=region.to_dict(),
+    )
+
+
+def find_or_queue_map(
+    key: dict[str, Any],
+    *,
+    window_px: float,
+    user: Any,
+    enqueue: bool,
+    action: str,
+    details: dict[str, Any],
+) -> tuple[GradCam, bool]:
+    """The map record matching ``key`` and whether it was there already (a cache hit: nothing
+    is recomputed). A new record, or one that failed before, is queued on the `gpu` queue once
+    the transaction commits; the request is audited as ``action`` with ``details``. Two requests
+    for the same map at the same moment share one record (the unique constraint decides)."""
+    from config.queueing import check_queue_reachable
+
     existing = GradCam.objects.filter(**key).first()
     if existing is not None and existing.status != GradCam.Status.FAILED:
         return existing, True
@@ -505,9 +528,9 @@ def request_gradcam(
                         window_px=window_px,
                         requested_by=user if getattr(user, "is_authenticated", False) else None,
                     )
-            except IntegrityError:  # the same region asked for at the same moment
+            except IntegrityError:  # the same map asked for at the same moment
                 return GradCam.objects.get(**key), True
-        record(actor=user, action="grad-cam requested", obj=gradcam, **region.to_dict())
+        record(actor=user, action=action, obj=gradcam, **details)
         if enqueue:
             pk = gradcam.pk
             transaction.on_commit(lambda: _queue(pk))
