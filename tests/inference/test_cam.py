@@ -40,7 +40,7 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 #: Narrow nets at 48 px with a 6 x 6 last feature map (total stride 8), trained in the test. A
 #: narrow Inception-v3 needs more (at 48 px and 192 images: 92% accuracy, a quarter of peaks on
 #: the focus; at 64 px, 384 images, 10 epochs: 79% of peaks on it, but about a minute of CPU): it
-#: is trained in test_cam_cuda.py where a GPU is lent, and checked untrained below.
+#: is trained at 64 px in test_cam_focus.py, and checked untrained below.
 ARCHITECTURES = {
     "resnet18": {"widths": (16, 32, 64, 128), "output_stride": 8},
     "resnet50": {"width_mult": 0.25, "output_stride": 8},
