@@ -100,12 +100,9 @@ def compute_image_cam(gradcam: GradCam) -> ClassActivationMap:
     preprocessing (size, mean, std) and its metastatic class."""
     from slides.node_images import render_node_image
 
-    from .image_classifier import _loaded_model, _positive_index, _version_preprocessing
+    from .image_classifier import loaded_classifier
 
-    version = gradcam.model_version
-    model, meta = _loaded_model(version)
-    size, mean, std = _version_preprocessing(version)
-    positive = _positive_index(meta.get("classes") or version.classes)
+    model, (size, mean, std, positive) = loaded_classifier(gradcam.model_version)
     image = render_node_image(gradcam.slide)
     return image_map(
         model, image, size=size, mean=mean, std=std, class_index=positive, method=gradcam.method

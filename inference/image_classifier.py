@@ -36,7 +36,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -984,6 +984,24 @@ _MODELS_LOCK = threading.Lock()
 _MODELS_KEPT = 2
 
 
+class Preprocessing(NamedTuple):
+    """How a node-image model sees an image: side in px, normalisation, the metastatic output."""
+
+    size: int
+    mean: tuple
+    std: tuple
+    positive: int
+
+
+def loaded_classifier(version: ModelVersion) -> tuple[torch.nn.Module, Preprocessing]:
+    """A node-image ModelVersion's model in eval mode (cached per process) and the preprocessing
+    it was trained with; what :func:`predict_images` and the class activation maps run."""
+    model, meta = _loaded_model(version)
+    size, mean, std = _version_preprocessing(version)
+    positive = _positive_index(meta.get("classes") or version.classes)
+    return model, Preprocessing(size=size, mean=mean, std=std, positive=positive)
+
+
 def _loaded_model(version: ModelVersion) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The version's model in eval mode, from a small per-process cache keyed by its weights."""
     from .training import load_trained_model
@@ -1024,9 +1042,7 @@ def predict_images(
             f"model {version.name} was trained on {trained_on} images; images {other[:10]} "
             "are of another modality"
         )
-    model, meta = _loaded_model(version)
-    size, mean, std = _version_preprocessing(version)
-    positive = _positive_index(meta.get("classes") or version.classes)
+    model, (size, mean, std, positive) = loaded_classifier(version)
     out: dict[int, float] = {}
     for start in range(0, len(slides), batch_size):
         chunk = slides[start : start + batch_size]

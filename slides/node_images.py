@@ -565,6 +565,27 @@ def render_node_image(slide: Slide, *, window: tuple[float, float] | None = None
 # ---- windows from requests, tiles ------------------------------------------------------------------
 
 
+def display_window(slide: Slide) -> dict:
+    """What a viewer needs to window a node image: the default window and, for CT, the presets
+    (``{"windowed": False}`` for whole slides and images shown as they are)."""
+    if slide.source != SOURCE:
+        return {"windowed": False}
+    try:
+        window = effective_window(slide, None)
+    except SlideImportError:  # the file went missing or broke since import; tiles will 404/500
+        window = None
+    if window is None:
+        return {"windowed": False}
+    presets = WINDOW_PRESETS if slide.modality == Slide.Modality.CT else {}
+    return {
+        "windowed": True,
+        "window": {"center": window[0], "width": window[1]},
+        "windowPresets": [
+            {"name": name, "center": c, "width": w} for name, (c, w) in presets.items()
+        ],
+    }
+
+
 def parse_window_query(
     window: str | None, preset: str | None
 ) -> tuple[tuple[float, float] | None, str]:

@@ -31,8 +31,7 @@ from .ingest import SlideImportError, register_slide
 from .models import Role, Slide
 from .node_images import (
     NODE_IMAGE_SUFFIXES,
-    WINDOW_PRESETS,
-    effective_window,
+    display_window,
     parse_window_query,
     register_node_image,
 )
@@ -148,7 +147,7 @@ def slide_tilesource(request: HttpRequest, pk: int) -> HttpResponse:
     return JsonResponse(
         {
             "modality": slide.modality,
-            **_display_window(slide),
+            **display_window(slide),
             "id": slide.pk,
             "name": slide.name,
             "width": slide.width,
@@ -161,26 +160,6 @@ def slide_tilesource(request: HttpRequest, pk: int) -> HttpResponse:
             "tileUrl": tile_url,
         }
     )
-
-
-def _display_window(slide: Slide) -> dict:
-    """For node images whose values need a window: the default window and the CT presets."""
-    if slide.source != NODE_IMAGE_SOURCE:
-        return {"windowed": False}
-    try:
-        window = effective_window(slide, None)
-    except SlideImportError:  # the file went missing or broke since import; tiles will 404/500
-        window = None
-    if window is None:
-        return {"windowed": False}
-    presets = WINDOW_PRESETS if slide.modality == Slide.Modality.CT else {}
-    return {
-        "windowed": True,
-        "window": {"center": window[0], "width": window[1]},
-        "windowPresets": [
-            {"name": name, "center": c, "width": w} for name, (c, w) in presets.items()
-        ],
-    }
 
 
 @require_GET

@@ -538,14 +538,14 @@ def blind_tilesource(slide: Slide) -> dict:
     `tumor_001`) or id."""
     from django.urls import reverse
 
-    from slides.views import _display_window  # the CT window and presets, as the slide viewer
+    from slides.node_images import display_window  # the CT window and presets, as the slide viewer
 
     tile_url = reverse("slide-tile", args=[slide.pk, 0, 0, 0]).replace(
         "/0/0/0.jpg", "/{z}/{x}/{y}.jpg"
     )
     return {
         "modality": slide.modality,
-        **_display_window(slide),
+        **display_window(slide),
         "width": slide.width,
         "height": slide.height,
         "tileWidth": slide.tile_width,
