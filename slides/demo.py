@@ -41,6 +41,7 @@ DEMO_NODES = (
 class DemoResult:
     users: list[tuple[str, str, str]]
     report: ImportReport
+    lab: Lab
 
 
 def ensure_users(lab: Lab) -> list[tuple[str, str, str]]:
@@ -119,7 +120,7 @@ def load_demo(*, size: int = 6000, progress: Callable[[str], None] = print) -> D
     images = load_demo_node_images(lab=lab, folder=folder / "node-images", progress=progress)
     report.imported += images.imported
     report.failed += images.failed
-    return DemoResult(users=users, report=report)
+    return DemoResult(users=users, report=report, lab=lab)
 
 
 # (case, modality, patient): one case per modality, four generated node images each.

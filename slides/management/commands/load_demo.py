@@ -21,6 +21,14 @@ class Command(BaseCommand):
             if "already imported" not in why:
                 self.stderr.write(f"FAILED {file}: {why}")
         self.stdout.write(f"demo slides: {new} imported now, {again} already there")
+        from studies.demo import ensure_demo_study
+
+        study = ensure_demo_study(result.lab)
+        if study is not None:
+            self.stdout.write(
+                f"reader study {study.pk} ({study.name}): the pathologist reads it at"
+                f" /studies/{study.pk}/read/, the lab lead manages it at /studies/{study.pk}/"
+            )
         self.stdout.write("demo logins (username / password / role):")
         for username, password, role in result.users:
             self.stdout.write(f"  {username} / {password} / {role}")
