@@ -14,7 +14,7 @@
  * {overlay, item, panel, setVisible, toggle, setOpacity, jumpToTop, destroy}, or null when the
  * page URL names no model.
  */
-import { fitAround, heatmapTileSource } from "./heatmap.js";
+import { baseImage, fetchJson, fitAround, heatmapTileSource, whenOpen } from "./heatmap.js";
 
 /** Opacity of the overlay when it is first shown. */
 export const ATTENTION_OPACITY = 0.6;
@@ -33,40 +33,6 @@ export function attentionParam(search) {
   if (raw === null || !/^\d+$/.test(raw.trim())) return null;
   const value = Number(raw);
   return Number.isSafeInteger(value) && value > 0 ? value : null;
-}
-
-function baseImage(viewer) {
-  return viewer.world.getItemCount() > 0 ? viewer.world.getItemAt(0) : null;
-}
-
-function whenOpen(viewer) {
-  return new Promise((resolve) => {
-    if (baseImage(viewer)) {
-      resolve();
-      return;
-    }
-    const once = () => {
-      viewer.removeHandler("open", once);
-      resolve();
-    };
-    viewer.addHandler("open", once);
-  });
-}
-
-async function fetchOverlay(url) {
-  const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
-  let body = null;
-  try {
-    body = await response.json();
-  } catch {
-    /* not JSON */
-  }
-  if (!response.ok) {
-    const detail =
-      body?.detail || (body && typeof body === "object" ? Object.values(body).flat().join(" ") : "");
-    throw new Error(detail || `HTTP ${response.status}`);
-  }
-  return body;
 }
 
 function addOverlayImage(viewer, overlay, opacity) {
@@ -141,7 +107,7 @@ export async function mountAttention(viewer, info = {}, options = {}) {
 
   let overlay;
   try {
-    overlay = await fetchOverlay(attentionUrl(slideId, versionId));
+    overlay = await fetchJson(attentionUrl(slideId, versionId));
   } catch (error) {
     status.textContent = error.message || String(error);
     panel.dataset.state = "error";
@@ -154,7 +120,7 @@ export async function mountAttention(viewer, info = {}, options = {}) {
     panel.dataset.state = "none";
     return controller;
   }
-  await whenOpen(viewer);
+  await new Promise((resolve) => whenOpen(viewer, resolve));
   const item = await addOverlayImage(viewer, overlay, 0);
   controller.item = item;
 

@@ -93,12 +93,13 @@ export function pathData(geometry) {
   return parts.join("");
 }
 
-function baseImage(viewer) {
+/** The slide's own tiled image (the first in the world), or null before it opens. */
+export function baseImage(viewer) {
   return viewer.world.getItemCount() > 0 ? viewer.world.getItemAt(0) : null;
 }
 
 /** Run `callback` once the base slide is open (now, if it already is). */
-function whenOpen(viewer, callback) {
+export function whenOpen(viewer, callback) {
   if (baseImage(viewer)) {
     callback();
     return;
@@ -110,23 +111,29 @@ function whenOpen(viewer, callback) {
   viewer.addHandler("open", once);
 }
 
-async function fetchJson(url) {
+/**
+ * GET a JSON answer; a non-2xx answer throws an Error carrying `status` and the server's words
+ * (its `detail`, or every field error of a 400 joined).
+ */
+export async function fetchJson(url) {
   const response = await fetch(url, {
     credentials: "same-origin",
     headers: { Accept: "application/json" },
   });
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    /* not JSON */
+  }
   if (!response.ok) {
-    let detail = "";
-    try {
-      detail = (await response.json()).detail || "";
-    } catch {
-      /* not JSON */
-    }
+    const detail =
+      body?.detail || (body && typeof body === "object" ? Object.values(body).flat().join(" ") : "");
     const error = new Error(detail || `HTTP ${response.status}`);
     error.status = response.status;
     throw error;
   }
-  return response.json();
+  return body;
 }
 
 /**
