@@ -71,3 +71,9 @@ def page(browser, request):
     page.console_errors = errors
     yield page
     context.close()
+    # ORM calls a test makes while Playwright's event loop runs get database connections of their
+    # own (Django's connection handler is context-local there) that the test runner never closes;
+    # left open, one stops PostgreSQL from dropping the test database at the end of the run
+    from django.db import connections
+
+    connections.close_all()
