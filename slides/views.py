@@ -114,6 +114,12 @@ def slide_tile(request: HttpRequest, pk: int, z: int, x: int, y: int) -> HttpRes
     slide = _visible_slide(request, pk)
     if isinstance(slide, HttpResponse):
         return slide
+    return serve_tile(request, slide, z, x, y)
+
+
+def serve_tile(request: HttpRequest, slide: Slide, z: int, x: int, y: int) -> HttpResponse:
+    """Answer one tile of ``slide`` (access already checked by the caller): the node-image
+    window from the query, ETag/304, private caching."""
     window, window_tag = None, ""
     if slide.source == NODE_IMAGE_SOURCE:
         try:

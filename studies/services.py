@@ -130,14 +130,31 @@ def _check_images(user, lab: Lab, ids: list[int], errors: dict) -> list[Slide]:
     return [found[pk] for pk in ids if pk in found]
 
 
+def possible_readers(lab: Lab):
+    """Who may read the lab's studies: active members of the lab, and external readers (active
+    users of no lab, e.g. radiologists invited for a study). External readers see nothing of the
+    lab but the study's images through the study's own routes, so their reading is fully blind.
+    (Callers keep those with a role.)"""
+    return (
+        get_user_model()
+        .objects.filter(is_active=True)
+        .filter(Q(labs=lab) | Q(labs__isnull=True))
+        .distinct()
+        .order_by("username")
+    )
+
+
 def _check_readers(lab: Lab, ids: list[int], errors: dict) -> list:
     if len(ids) > MAX_READERS:
         errors["readers"] = f"at most {MAX_READERS} readers"
         return []
-    users = {u.pk: u for u in get_user_model().objects.filter(pk__in=ids, labs=lab, is_active=True)}
+    users = {u.pk: u for u in possible_readers(lab).filter(pk__in=ids)}
     bad = [pk for pk in ids if pk not in users or not roles_of(users[pk])]
     if bad:
-        errors["readers"] = f"user {bad[:20]} is not an active member of lab {lab.code} with a role"
+        errors["readers"] = (
+            f"user {bad[:20]} is neither an active member of lab {lab.code} with a role nor an"
+            " external reader (an active user with a role and no lab)"
+        )
     return [users[pk] for pk in ids if pk in users]
 
 
@@ -532,15 +549,17 @@ def record_answer(
     return answer, False
 
 
-def blind_tilesource(slide: Slide) -> dict:
-    """What the viewer needs to open an image (size, tiles, scale, modality and the CT window
+def blind_tilesource(image: StudyImage) -> dict:
+    """What the viewer needs to open a study image (size, tiles, scale, modality and the CT window
     presets), without its name (names can carry the case or the diagnosis, e.g. CAMELYON's
-    `tumor_001`) or id."""
+    `tumor_001`) or the slide's id: tiles come through the study's own route, which readers from
+    outside every lab can reach too."""
     from django.urls import reverse
 
     from slides.node_images import display_window  # the CT window and presets, as the slide viewer
 
-    tile_url = reverse("slide-tile", args=[slide.pk, 0, 0, 0]).replace(
+    slide = image.slide
+    tile_url = reverse("study-reading-tile", args=[image.study_id, image.pk, 0, 0, 0]).replace(
         "/0/0/0.jpg", "/{z}/{x}/{y}.jpg"
     )
     return {

@@ -34,6 +34,11 @@ urlpatterns = [
         views.ReadingTileSourceView.as_view(),
         name="study-reading-tilesource",
     ),
+    path(
+        "studies/<int:pk>/reading/images/<int:image>/tiles/<int:z>/<int:x>/<int:y>.jpg",
+        views.reading_tile,
+        name="study-reading-tile",
+    ),
 ]
 
 page_urls = [

@@ -7,12 +7,11 @@ tile source of the study's images. Studies one neither manages nor reads are 404
 
 from __future__ import annotations
 
-from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
@@ -22,7 +21,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from slides.access import has_role, roles_of, slides_for
+from slides.auth import api_user
 from slides.models import Role
+from slides.views import serve_tile
 
 from . import services
 from .models import Label, ReaderStudy, StudyStateError
@@ -295,12 +296,28 @@ class ReadingTileSourceView(APIView):
     @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, pk: int, image: int):
         study, reader = _read(request.user, pk)
-        if image not in reader.order:
-            raise Http404("No such image in this study")
-        found = study.images.select_related("slide").filter(pk=image).first()
-        if found is None or not slides_for(request.user).filter(pk=found.slide_id).exists():
-            raise Http404("No such image in this study")
-        return Response(services.blind_tilesource(found.slide))
+        return Response(services.blind_tilesource(_reading_image(study, reader, image)))
+
+
+def _reading_image(study: ReaderStudy, reader, image: int):
+    """One of the reader's images of the study (404 for any other id)."""
+    if image not in reader.order:
+        raise Http404("No such image in this study")
+    found = study.images.select_related("slide").filter(pk=image).first()
+    if found is None:
+        raise Http404("No such image in this study")
+    return found
+
+
+@require_GET
+def reading_tile(request: HttpRequest, pk: int, image: int, z: int, x: int, y: int):
+    """A tile of a study image for its readers: the only way an external reader (no lab) sees
+    pixels of the lab's, and the slide's id never shows. 403 without login, 404 for non-readers."""
+    user = api_user(request)
+    if user is None:
+        return JsonResponse({"detail": "Authentication credentials were not provided."}, status=403)
+    study, reader = _read(user, pk)
+    return serve_tile(request, _reading_image(study, reader, image).slide, z, x, y)
 
 
 # ---- pages --------------------------------------------------------------------------------------
@@ -380,11 +397,7 @@ def _render_form(
         if lab
         else []
     )
-    members = (
-        [u for u in get_user_model().objects.filter(labs=lab, is_active=True) if roles_of(u)]
-        if lab
-        else []
-    )
+    members = [u for u in services.possible_readers(lab) if roles_of(u)] if lab else []
     return render(
         request,
         "studies/create.html",

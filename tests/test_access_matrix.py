@@ -483,6 +483,7 @@ MATRIX: tuple[Entry, ...] = (
         (post(READER, body=lambda w: {"image": w.ids["study_image"], "label": "benign"}),),
     ),
     Entry("/api/studies/{study}/reading/images/{study_image}/tilesource/", (get(READER),)),
+    Entry("/api/studies/{study}/reading/images/{study_image}/tiles/0/0/0.jpg", (get(READER),)),
 )
 
 # Django's admin site: every route needs is_staff, except its own log-in and log-out.

@@ -108,10 +108,13 @@ def test_nothing_a_reader_can_reach_gives_the_answer_away(setup):
     assert set(state["study"]) == {"id", "name", "instructions", "status"}
     assert "metastatic" in bodies["page after"]  # the buttons are there
     # the tile source still opens the image (dimensions and tile URL, no name)
+    # through the study's own tile route: the slide's id never shows
     tiles = json.loads(bodies["tilesource 1"])
-    first_slide = StudyImage.objects.get(pk=order[0]).slide_id
-    assert tiles["tileUrl"] == f"/api/slides/{first_slide}/tiles/{{z}}/{{x}}/{{y}}.jpg"
-    assert "name" not in tiles
+    assert (
+        tiles["tileUrl"]
+        == f"/api/studies/{sid}/reading/images/{order[0]}/tiles/{{z}}/{{x}}/{{y}}.jpg"
+    )
+    assert "name" not in tiles and "id" not in tiles
 
 
 def test_roles(setup):

@@ -14,7 +14,7 @@ from tests.browser import browser_marks
 
 pytestmark = browser_marks("viewer.js")
 SCREENSHOT = Path(os.environ.get("NODESCOPE_READING_SCREENSHOT", "/tmp/reading.png"))
-TILE_URL = re.compile(r"/api/slides/\d+/tiles/\d+/\d+/\d+\.jpg$")
+TILE_URL = re.compile(r"/api/studies/\d+/reading/images/\d+/tiles/\d+/\d+/\d+\.jpg$")
 
 
 @pytest.fixture
@@ -49,10 +49,12 @@ def test_reader_answers_every_image_in_the_viewer(page, live_server, people, cas
     from tests.factories import PASSWORD
 
     tiles: list[tuple[str, int]] = []
+    slide_routes: list[str] = []  # the slide's own routes would name its id
     page.on(
         "response",
         lambda r: tiles.append((r.url, r.status)) if TILE_URL.search(r.url.split("?")[0]) else None,
     )
+    page.on("request", lambda r: slide_routes.append(r.url) if "/slides/" in r.url else None)
     page.goto(f"{live_server.url}/login/")
     page.fill("input[name=username]", people.pathologist.username)
     page.fill("input[name=password]", PASSWORD)
@@ -78,4 +80,5 @@ def test_reader_answers_every_image_in_the_viewer(page, live_server, people, cas
     }
     assert answers == {order[0]: ("benign", 4), order[1]: ("metastatic", 4)}
     assert tiles and all(status == 200 for _, status in tiles)
+    assert slide_routes == []
     assert page.console_errors == []
