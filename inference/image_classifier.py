@@ -608,6 +608,8 @@ def _bootstrap_counts(
 ) -> dict[str, list[float]]:
     """Percentile intervals of sensitivity, specificity and accuracy over resampled groups (the
     threshold held fixed): per-group confusion counts, summed over each draw."""
+    from .thresholds import percentile_intervals
+
     if n <= 0:
         return {}
     counts = np.array(
@@ -625,18 +627,7 @@ def _bootstrap_counts(
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(members), size=(n, len(members)))
     tp, fn, tn, fp = np.moveaxis(counts[draws].sum(axis=1), -1, 0)
-    alpha = (1 - confidence) / 2
-    out: dict[str, list[float]] = {}
-    for name, num, den in (
-        ("sensitivity", tp, tp + fn),
-        ("specificity", tn, tn + fp),
-        ("accuracy", tp + tn, tp + fn + tn + fp),
-    ):
-        ok = den > 0
-        values = num[ok] / den[ok]
-        if values.size:
-            out[name] = [float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))]
-    return out
+    return percentile_intervals(tp, fn, tn, fp, confidence=confidence)
 
 
 def operating_point(

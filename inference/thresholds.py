@@ -177,6 +177,14 @@ def _bootstrap(
     fn = np.sum(~called & truth, axis=1)
     tn = np.sum(~called & ~truth, axis=1)
     fp = np.sum(called & ~truth, axis=1)
+    return percentile_intervals(tp, fn, tn, fp, confidence=confidence)
+
+
+def percentile_intervals(
+    tp: np.ndarray, fn: np.ndarray, tn: np.ndarray, fp: np.ndarray, *, confidence: float
+) -> dict[str, list[float]]:
+    """Percentile intervals of sensitivity, specificity and accuracy over bootstrap draws, given
+    each draw's confusion counts (draws where a metric is undefined are left out)."""
     alpha = (1 - confidence) / 2
     out: dict[str, list[float]] = {}
     for name, num, den in (
