@@ -28,7 +28,7 @@ from PIL import Image
 from .models import Slide
 from .native import NativeJpegTiles
 from .node_images import SOURCE as NODE_IMAGE_SOURCE
-from .node_images import node_image_thumbnail, node_image_tile
+from .node_images import display_window, node_image_thumbnail, node_image_tile
 from .sources import open_source
 
 
@@ -101,6 +101,24 @@ def open_slide(slide: Slide) -> OpenSlide:
 def source_for(slide: Slide):
     """The large-image tile source of a slide, from the per-process LRU."""
     return open_slide(slide).source
+
+
+def tilesource_fields(slide: Slide, tile_url: str) -> dict:
+    """What OpenSeadragon needs to open ``slide`` with tiles at ``tile_url`` (``{z}/{x}/{y}``):
+    size, tile grid, scale, modality and the node-image window; no name or id (callers that may
+    show them add them)."""
+    return {
+        "modality": slide.modality,
+        **display_window(slide),
+        "width": slide.width,
+        "height": slide.height,
+        "tileWidth": slide.tile_width,
+        "tileHeight": slide.tile_height,
+        "levels": slide.levels,
+        "mpp": slide.mpp,
+        "magnification": slide.magnification,
+        "tileUrl": tile_url,
+    }
 
 
 def tile_etag(checksum: str, z: int, x: int, y: int, *, window_tag: str = "") -> str:

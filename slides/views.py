@@ -31,7 +31,6 @@ from .ingest import SlideImportError, register_slide
 from .models import Role, Slide
 from .node_images import (
     NODE_IMAGE_SUFFIXES,
-    display_window,
     parse_window_query,
     register_node_image,
 )
@@ -151,20 +150,7 @@ def slide_tilesource(request: HttpRequest, pk: int) -> HttpResponse:
         "/0/0/0.jpg", "/{z}/{x}/{y}.jpg"
     )
     return JsonResponse(
-        {
-            "modality": slide.modality,
-            **display_window(slide),
-            "id": slide.pk,
-            "name": slide.name,
-            "width": slide.width,
-            "height": slide.height,
-            "tileWidth": slide.tile_width,
-            "tileHeight": slide.tile_height,
-            "levels": slide.levels,
-            "mpp": slide.mpp,
-            "magnification": slide.magnification,
-            "tileUrl": tile_url,
-        }
+        {"id": slide.pk, "name": slide.name, **tiles.tilesource_fields(slide, tile_url)}
     )
 
 

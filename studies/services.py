@@ -556,24 +556,12 @@ def blind_tilesource(image: StudyImage) -> dict:
     outside every lab can reach too."""
     from django.urls import reverse
 
-    from slides.node_images import display_window  # the CT window and presets, as the slide viewer
+    from slides.tiles import tilesource_fields
 
-    slide = image.slide
     tile_url = reverse("study-reading-tile", args=[image.study_id, image.pk, 0, 0, 0]).replace(
         "/0/0/0.jpg", "/{z}/{x}/{y}.jpg"
     )
-    return {
-        "modality": slide.modality,
-        **display_window(slide),
-        "width": slide.width,
-        "height": slide.height,
-        "tileWidth": slide.tile_width,
-        "tileHeight": slide.tile_height,
-        "levels": slide.levels,
-        "mpp": slide.mpp,
-        "magnification": slide.magnification,
-        "tileUrl": tile_url,
-    }
+    return tilesource_fields(image.slide, tile_url)
 
 
 # ---- progress and results ---------------------------------------------------------------------
