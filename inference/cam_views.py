@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
-from rest_framework import serializers, status
+from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
@@ -25,8 +25,8 @@ from slides.access import slides_for
 
 from .cam import METHODS, check_node_image, request_image_cam
 from .gradcam import GradCamError, GradCamUnavailable
-from .gradcam_views import Conflict, gradcam_json
-from .records import GradCam, ModelVersion
+from .gradcam_views import Conflict, request_answer
+from .records import ModelVersion
 from .serializers import without_server_paths
 
 
@@ -74,7 +74,4 @@ class CamRequestView(APIView):
             raise ValidationError({field: str(exc)}) from exc
         except GradCamUnavailable as exc:
             raise Conflict(without_server_paths(str(exc))) from exc
-        gradcam.refresh_from_db()
-        answer = {**gradcam_json(gradcam), "cached": cached}
-        done = gradcam.status == GradCam.Status.SUCCEEDED
-        return Response(answer, status=status.HTTP_200_OK if done else status.HTTP_202_ACCEPTED)
+        return request_answer(gradcam, cached=cached)

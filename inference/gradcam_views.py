@@ -50,6 +50,15 @@ class GradCamRequestSerializer(serializers.Serializer):
     )
 
 
+def request_answer(gradcam: GradCam, *, cached: bool) -> Response:
+    """The answer to a map request: the record as it is now, 200 when it is done (a cache hit),
+    202 while it is queued or computing."""
+    gradcam.refresh_from_db()
+    answer = {**gradcam_json(gradcam), "cached": cached}
+    done = gradcam.status == GradCam.Status.SUCCEEDED
+    return Response(answer, status=status.HTTP_200_OK if done else status.HTTP_202_ACCEPTED)
+
+
 def gradcam_json(gradcam: GradCam) -> dict:
     """What the viewer needs: status, region, and where the overlay is once it is done."""
     done = gradcam.status == GradCam.Status.SUCCEEDED
@@ -122,10 +131,7 @@ class GradCamRequestView(APIView):
             raise ValidationError({"detail": str(exc)}) from exc
         except GradCamUnavailable as exc:
             raise Conflict(without_server_paths(str(exc))) from exc
-        gradcam.refresh_from_db()
-        answer = {**gradcam_json(gradcam), "cached": cached}
-        done = gradcam.status == GradCam.Status.SUCCEEDED
-        return Response(answer, status=status.HTTP_200_OK if done else status.HTTP_202_ACCEPTED)
+        return request_answer(gradcam, cached=cached)
 
 
 class GradCamDetailView(APIView):
