@@ -35,11 +35,16 @@ class TissueMask:
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
-    """HSV saturation in 0..1 of an H × W × 3 (or 4) uint8 image; 0 where the pixel is black."""
-    rgb = rgb[..., :3].astype(np.float32)
-    high = rgb.max(axis=-1)
-    low = rgb.min(axis=-1)
-    return np.divide(high - low, high, out=np.zeros_like(high), where=high > 0)
+    """HSV saturation in 0..1 of an H × W × 3 (or 4) uint8 image; 0 where the pixel is black.
+
+    The channel maximum and minimum are taken on the integer channels, one channel at a time
+    (reducing over a length-3 last axis is ~10x slower in NumPy), then converted once: the same
+    values as converting first, since max and min commute with an exact uint8 -> float32 cast."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    high = np.maximum(np.maximum(r, g), b).astype(np.float32)
+    low = np.minimum(np.minimum(r, g), b).astype(np.float32)
+    spread = np.subtract(high, low, out=low)
+    return np.divide(spread, high, out=np.zeros_like(high), where=high > 0)
 
 
 def otsu_threshold(values: np.ndarray, *, bins: int = 256) -> float:
