@@ -38,11 +38,18 @@ it recomputes deep layers only about 3-6 times; the multiply-accumulates per win
 plain patch loop the scanner also gains what folding batch norms, channels-last and one cache-sized
 tile at a time give it (8-25x measured on a busy 2-core machine, 1 torch thread).
 
-What limits the end-to-end ratio (1 cm², 1 thread, measured): besides the primary's dense run, the
-secondary checks 5 % of the tissue windows one by one at ~6x the cost of a dense window (~1.5 s
-against ~7 s for the primary), tiles are read in the model's thread (~1.3 s; a background reader
-thread was slower: the GIL), the tissue mask takes ~0.5 s (cached when rescoring), and the rest
-(normalising, the box sum, the heat map) well under a second.
+The end-to-end path is compared twice: with the primary alone on random tensors of the same
+tiles (the issue's "model only"), and with both models of the cascade alone - the primary over
+the same tiles and the secondary repeating exactly the calls it made end to end (its dense blocks
+and boxes, its batches of single windows), recorded during the run - so that what remains is
+reading, the tissue mask, preparing pixels and the heat map.
+
+What limits the end-to-end ratio (1 cm², 2 threads, measured): the secondary checks 5 % of the
+tissue windows (~0.5-0.7 s against ~2.5 s for the primary; blocks of 4 x 4 windows where calls
+group, single windows elsewhere); tiles are read in ~0.4 s (stored JPEG tiles decoded by
+libjpeg-turbo in two threads; the model waits, since its threads already fill both cores); the
+tissue mask takes ~0.2 s (cached when rescoring); the rest (pixels to float, the box sum, the heat
+map) ~0.3 s.
 
 The last line printed is one JSON object with the figures and ratios.
 """

@@ -269,6 +269,7 @@ class Classifier:
     amp: bool = False
     _feature_sizes: dict[int, tuple[int, int]] = field(default_factory=dict, repr=False)
     _inference: Any = field(default=None, repr=False)
+    _raw_input: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -340,9 +341,12 @@ class Classifier:
         """The network that computes: a copy of :attr:`model` with every batch norm folded into
         the convolution before it (eval-mode batch norm is a fixed per-channel affine map, so
         this is the same function up to float rounding, ~1e-7) and channels-last memory format.
-        Both the patch loop and dense scanning run it; :attr:`model`'s weights are left untouched
-        (a model without batch norms is run as it is, in channels-last). Together the two make
-        dense scanning about 2x faster on CPU (benchmarks/scoring.py)."""
+        With valid padding the input normalisation ``(x / 255 - mean) / std`` is folded into the
+        first convolution too (no zero padding to tell the two apart), so it takes the pixels as
+        they are, converted to float (:meth:`_prepare_input`). Both the patch loop and dense
+        scanning run it; :attr:`model`'s weights are left untouched (a model without batch norms
+        is run as it is, in channels-last). Together these make dense scanning about 2x faster on
+        CPU (benchmarks/scoring.py)."""
         if self._inference is None:
             import torch
 
@@ -351,22 +355,35 @@ class Classifier:
                 fused = self.model
             elif not self._same_function(fused):  # pragma: no cover - a layer order not known
                 fused = copy.deepcopy(self.model).eval()
+            self._raw_input = False
+            if self.can_scan_densely:
+                raw = fold_normalisation(fused, mean=self.mean, std=self.std)
+                if raw is not None and self._same_function(raw, raw_input=True):
+                    fused, self._raw_input = raw, True
             self._inference = fused.to(memory_format=torch.channels_last)
         return self._inference
 
-    def _same_function(self, fused: PatchClassifier) -> bool:
+    def _same_function(self, fused: PatchClassifier, *, raw_input: bool = False) -> bool:
         """Does ``fused`` compute what :attr:`model` computes (on a random probe)? Guards the
-        folding against a layer order it does not know."""
+        folding against a layer order it does not know. ``raw_input``: ``fused`` takes pixels in
+        0..255, :attr:`model` their normalisation."""
         import torch
 
         size = int(getattr(self.model, "input_size", None) or 64)
         param = next(self.model.parameters())
         generator = torch.Generator().manual_seed(0)
-        probe = torch.rand(2, self.model.in_channels, size, size, generator=generator) * 4 - 2
-        probe = probe.to(param.device, param.dtype)
+        if raw_input:
+            pixels = torch.randint(
+                0, 256, (2, size, size, 3), generator=generator, dtype=torch.uint8
+            )
+            probe = self._prepare(pixels).to(param.dtype)
+            fused_probe = pixels.permute(0, 3, 1, 2).to(param.device, param.dtype)
+        else:
+            probe = torch.rand(2, self.model.in_channels, size, size, generator=generator) * 4 - 2
+            probe = fused_probe = probe.to(param.device, param.dtype)
         with torch.inference_mode():
-            want, got = self.model(probe), fused(probe)
-        return bool(torch.allclose(want, got, rtol=1e-4, atol=1e-5))
+            want, got = self.model(probe), fused(fused_probe)
+        return bool(torch.allclose(want, got, rtol=1e-4, atol=1e-4))
 
     # -- checks --
 
@@ -432,6 +449,21 @@ class Classifier:
         # channels-last on CPU too: oneDNN's depthwise and 1x1 convolutions run ~2x faster on it
         return x.contiguous(memory_format=torch.channels_last)
 
+    def _prepare_input(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """What :attr:`inference_model` takes: the pixels as float, channels-last, when it holds
+        the normalisation (one pass, no arithmetic), else :meth:`_prepare`'s normalisation."""
+        import torch
+
+        model = self.inference_model  # decides whether the normalisation is folded in
+        del model
+        if not self._raw_input:
+            return self._prepare(pixels)
+        x = torch.as_tensor(pixels)
+        if x.ndim == 3:
+            x = x[None]
+        x = x.to(self.device or "cpu", non_blocking=True).permute(0, 3, 1, 2)
+        return x.float().contiguous(memory_format=torch.channels_last)
+
     def _autocast(self):
         import contextlib
 
@@ -449,7 +481,7 @@ class Classifier:
         out = np.empty(len(windows), np.float32)
         with torch.inference_mode(), self._autocast():
             for start in range(0, len(windows), batch_size):
-                x = self._prepare(windows[start : start + batch_size])
+                x = self._prepare_input(windows[start : start + batch_size])
                 logits = self.inference_model(x).float()
                 probs = torch.softmax(logits, dim=1)[:, self.positive_index]
                 out[start : start + len(x)] = probs.cpu().numpy()
@@ -503,7 +535,7 @@ class Classifier:
         import torch
 
         with torch.inference_mode(), self._autocast():
-            logits = self.dense_logits(self._prepare(tiles), window=window, stride=stride)
+            logits = self.dense_logits(self._prepare_input(tiles), window=window, stride=stride)
             probs = torch.softmax(logits.float(), dim=1)[:, self.positive_index]
         return probs.cpu().numpy().astype(np.float32, copy=False)
 
@@ -545,6 +577,46 @@ def fold_batch_norms(model: PatchClassifier) -> tuple[PatchClassifier, int]:
                     folded += 1
                     break
     return fused, folded
+
+
+def fold_normalisation(
+    model: PatchClassifier, *, mean: tuple[float, ...], std: tuple[float, ...]
+) -> PatchClassifier | None:
+    """A copy of ``model`` whose first convolution also does the input normalisation
+    ``(x / 255 - mean) / std``, so it takes pixels in 0..255: each input channel c is an affine
+    map ``a_c x + b_c``, so ``W * (a x + b) + bias = (W a) * x + (bias + sum W b)`` - exact only
+    without zero padding (a padded zero would stand for ``-mean / std``). The first convolution is
+    the first ``Conv2d`` that takes the model's input channels; the caller checks the copy on a
+    probe. None if there is none."""
+    import torch
+    from torch import nn
+
+    fused = copy.deepcopy(model).eval()
+    first = next(
+        (
+            m
+            for m in fused.modules()
+            if isinstance(m, nn.Conv2d) and m.in_channels == model.in_channels and m.groups == 1
+        ),
+        None,
+    )
+    if first is None:
+        return None
+    if first.padding != "valid" and (isinstance(first.padding, str) or any(first.padding)):
+        return None  # zero padding: the border would change
+    std_t = torch.tensor(std, dtype=torch.float64)
+    scale = 1.0 / (255.0 * std_t)  # a_c
+    shift = -torch.tensor(mean, dtype=torch.float64) / std_t  # b_c
+    with torch.no_grad():
+        weight = first.weight.double()
+        bias = first.bias.double() if first.bias is not None else torch.zeros(weight.shape[0])
+        bias = bias + (weight * shift.view(1, -1, 1, 1)).sum(dim=(1, 2, 3))
+        first.weight.copy_((weight * scale.view(1, -1, 1, 1)).to(first.weight.dtype))
+        if first.bias is None:
+            first.bias = nn.Parameter(bias.to(first.weight.dtype))
+        else:
+            first.bias.copy_(bias.to(first.bias.dtype))
+    return fused
 
 
 def windows_of(image: np.ndarray, *, window: int, stride: int) -> np.ndarray:

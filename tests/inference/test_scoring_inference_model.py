@@ -43,6 +43,35 @@ def test_folded_model_computes_what_the_trained_model_computes(name, kw):
         assert torch.equal(value, before[key]), key
 
 
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [
+        ("mobilenetv2", TINY),
+        ("resnet-small", {"blocks": (1, 1), "widths": (8, 16), "padding": "valid"}),
+    ],
+)
+def test_the_normalisation_is_folded_into_the_first_convolution_only_without_padding(name, kw):
+    """A valid-padded network takes the pixels as they are (its first convolution normalises);
+    its probabilities are the trained model's on normalised pixels. A zero-padded one is not
+    folded: a padded zero stands for -mean/std there, so its border would change."""
+    pixels = np.random.default_rng(8).integers(0, 256, (32, 40, 40, 3), dtype=np.uint8)
+    valid = Classifier(model=random_dense_model(name, seed=5, **kw)).to("cpu")
+    assert valid.inference_model is not None and valid._raw_input
+    first = next(m for m in valid.inference_model.modules() if isinstance(m, torch.nn.Conv2d))
+    original = next(m for m in valid.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert not torch.allclose(first.weight, original.weight)  # it did change: it normalises
+    with torch.inference_mode():
+        want = torch.softmax(valid.model(valid._prepare(pixels).contiguous()), 1)[:, 1].numpy()
+    assert want.std() > 0.05
+    assert np.abs(valid.window_probabilities(pixels) - want).max() <= 1e-5
+    same = Classifier(model=random_dense_model(name, seed=5, **{**kw, "padding": "same"}))
+    same.to("cpu")
+    assert same.inference_model is not None and not same._raw_input
+    with torch.inference_mode():
+        want = torch.softmax(same.model(same._prepare(pixels).contiguous()), 1)[:, 1].numpy()
+    assert np.abs(same.window_probabilities(pixels) - want).max() <= 1e-5
+
+
 @pytest.mark.parametrize("prefetch", [True, False])
 def test_a_failing_tile_read_stops_the_scan_with_its_reason(prefetch):
     classifier = Classifier(model=random_dense_model()).to("cpu")
