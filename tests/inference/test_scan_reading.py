@@ -1,5 +1,4 @@
-"""What the scanner reads: stored tiles decoded directly give large-image's pixels, and the
-cascade's block-wise secondary decides as checking each window on its own."""
+"""What the scanner reads: stored tiles decoded directly give large-image's pixels."""
 
 from __future__ import annotations
 
@@ -7,7 +6,6 @@ import numpy as np
 import pytest
 
 from inference.scoring import (
-    SECONDARY_BLOCK,
     Classifier,
     SlideReader,
     _rgb_uint8,
@@ -86,39 +84,6 @@ def test_tile_pixels_of_any_layout_become_rgb_uint8():
     assert np.array_equal(_rgb_uint8(rgba), rgba[..., :3])
     wide = np.array([[[-5, 300, 128]]], dtype=np.int32)
     assert _rgb_uint8(wide).tolist() == [[[0, 255, 128]]]
-
-
-def test_scattered_calls_run_the_secondary_in_dense_blocks_with_the_same_decisions():
-    """Calls in small groups over a tile: "auto" runs blocks of 4 x 4 windows that hold many of them
-    densely, several blocks to a call, checks the rest one by one, and decides exactly as the
-    secondary checking every called window on its own."""
-    primary = Classifier(model=random_dense_model(seed=31)).to("cpu")
-    secondary = Classifier(model=random_dense_model(seed=32)).to("cpu")
-    rng = np.random.default_rng(33)
-    image = rng.integers(0, 256, (490, 490, 3), dtype=np.uint8)
-    for y, x in rng.integers(0, 440, (12, 2)):  # small dark spots: calls cluster in small groups
-        image[y : y + 45, x : x + 45] //= 4
-    probs = scan_image(image, primary=primary).primary
-    primary.decision_threshold = float(np.quantile(probs, 0.85))
-    shapes = []
-    original = secondary.dense_probabilities
-
-    def recording(tiles, **kw):
-        shapes.append(tiles.shape)
-        return original(tiles, **kw)
-
-    secondary.dense_probabilities = recording
-    one_by_one = scan_image(image, primary=primary, secondary=secondary, secondary_mode="gather")
-    assert shapes == []
-    auto = scan_image(image, primary=primary, secondary=secondary)
-    block_px = (SECONDARY_BLOCK - 1) * 10 + 40
-    assert any(s[1:3] == (block_px, block_px) and s[0] > 1 for s in shapes), shapes
-    checked = ~np.isnan(one_by_one.secondary)
-    assert checked.sum() == auto.secondary_windows == one_by_one.secondary_windows > 200
-    assert np.array_equal(checked, ~np.isnan(auto.secondary))
-    assert np.abs(auto.secondary[checked] - one_by_one.secondary[checked]).max() <= 1e-4
-    assert np.array_equal(auto.decisions, one_by_one.decisions)
-    assert np.array_equal(auto.counts, one_by_one.counts)
 
 
 def test_a_slide_scan_reads_stored_tiles_and_equals_the_scan_of_its_pixels(case, tmp_path):

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from inference.scoring import Classifier, ScoringError, fold_batch_norms, scan_image
+from inference.scoring import (
+    SECONDARY_BLOCK,
+    Classifier,
+    ScoringError,
+    fold_batch_norms,
+    scan_image,
+)
 
 from .test_scoring import TINY, random_dense_model
 
@@ -112,27 +118,49 @@ def test_a_failing_tile_read_stops_the_scan_with_its_reason(prefetch):
     assert np.array_equal(result.primary, whole.primary)
 
 
-def test_auto_cascade_runs_the_secondary_densely_over_boxes_with_the_same_result():
-    primary = Classifier(model=random_dense_model(seed=8)).to("cpu")
-    secondary = Classifier(model=random_dense_model(seed=9)).to("cpu")
-    image = np.random.default_rng(10).integers(0, 256, (330, 330, 3), dtype=np.uint8)
-    image[100:220, 60:200] //= 3  # a darker patch: the primary's calls cluster on one side
+def auto_against_one_by_one(image: np.ndarray, *, seeds: tuple[int, int], quantile: float, **kw):
+    """The cascade over ``image`` with the secondary checking every called window on its own
+    ("gather") and in "auto" mode (``kw``): both must decide the same. Returns the shapes of the
+    secondary's dense calls in auto mode and the two results."""
+    primary = Classifier(model=random_dense_model(seed=seeds[0])).to("cpu")
+    secondary = Classifier(model=random_dense_model(seed=seeds[1])).to("cpu")
     probs = scan_image(image, primary=primary).primary
-    primary.decision_threshold = float(np.quantile(probs, 0.6))
-    calls = []
+    primary.decision_threshold = float(np.quantile(probs, quantile))
+    shapes = []
     original = secondary.dense_probabilities
 
-    def counting(tiles, **kw):
-        calls.append(tiles.shape)
+    def recording(tiles, **kw):
+        shapes.append(tiles.shape)
         return original(tiles, **kw)
 
-    secondary.dense_probabilities = counting
+    secondary.dense_probabilities = recording
     one_by_one = scan_image(image, primary=primary, secondary=secondary, secondary_mode="gather")
-    assert calls == []
-    auto = scan_image(image, primary=primary, secondary=secondary, tile_windows=12)
-    assert calls, "no box was dense enough for a dense secondary run"
+    assert shapes == []
+    auto = scan_image(image, primary=primary, secondary=secondary, **kw)
     checked = ~np.isnan(one_by_one.secondary)
     assert checked.sum() == auto.secondary_windows == one_by_one.secondary_windows > 0
     assert np.array_equal(checked, ~np.isnan(auto.secondary))
     assert np.abs(auto.secondary[checked] - one_by_one.secondary[checked]).max() <= 1e-4
     assert np.array_equal(auto.decisions, one_by_one.decisions)
+    assert np.array_equal(auto.counts, one_by_one.counts)
+    return shapes, auto, one_by_one
+
+
+def test_auto_cascade_runs_the_secondary_densely_over_boxes_with_the_same_result():
+    image = np.random.default_rng(10).integers(0, 256, (330, 330, 3), dtype=np.uint8)
+    image[100:220, 60:200] //= 3  # a darker patch: the primary's calls cluster on one side
+    shapes, _, _ = auto_against_one_by_one(image, seeds=(8, 9), quantile=0.6, tile_windows=12)
+    assert shapes, "no box was dense enough for a dense secondary run"
+
+
+def test_scattered_calls_run_the_secondary_in_dense_blocks_with_the_same_decisions():
+    """Calls in small groups over a tile: "auto" runs blocks of 4 x 4 windows that hold many of
+    them densely, several blocks to a call, and checks the rest one by one."""
+    rng = np.random.default_rng(33)
+    image = rng.integers(0, 256, (490, 490, 3), dtype=np.uint8)
+    for y, x in rng.integers(0, 440, (12, 2)):  # small dark spots: calls cluster in small groups
+        image[y : y + 45, x : x + 45] //= 4
+    shapes, auto, _ = auto_against_one_by_one(image, seeds=(31, 32), quantile=0.85)
+    block_px = (SECONDARY_BLOCK - 1) * 10 + 40
+    assert any(s[1:3] == (block_px, block_px) and s[0] > 1 for s in shapes), shapes
+    assert auto.secondary_windows > 200
