@@ -219,6 +219,24 @@ def test_otsu_separates_tissue_from_glass():
     assert not mask_from_rgb(blank).any()  # noise on glass is not tissue
 
 
+def test_holes_the_tissue_encloses_are_tissue_and_glass_around_it_is_not():
+    """A pale sinus inside a node counts as tissue; a bay of glass open to the outside does not."""
+    rng = np.random.default_rng(1)
+    image = np.full((120, 160, 3), 240, dtype=np.uint8) + rng.integers(
+        0, 4, (120, 160, 3), np.uint8
+    )
+    image[20:100, 20:80] = (180, 90, 160)  # a node, H&E purple
+    image[40:80, 35:65] = (236, 226, 234)  # a pale sinus inside it: barely stained
+    image[20:100, 100:140] = (180, 90, 160)  # a second piece of tissue...
+    image[50:70, 120:140] = 240  # ...with a bay of glass open to the glass around it
+    mask = mask_from_rgb(image)
+    assert mask[40:80, 35:65].all()  # the sinus is filled
+    assert not mask[50:70, 122:140].any()  # the bay is glass
+    assert not mask[:15].any() and not mask[:, 145:].any()  # glass around the tissue
+    unfilled = mask_from_rgb(image, fill_holes=False)
+    assert not unfilled[45:75, 40:60].any()  # without filling, the pale sinus was lost
+
+
 def test_tissue_mask_from_a_real_thumbnail_is_cached(case, tmp_path, monkeypatch):
     image = np.full((600, 800, 3), 242, dtype=np.uint8)  # glass
     image[100:400, 200:600] = (200, 110, 170)  # H&E-pink tissue
