@@ -318,6 +318,10 @@ class DatasetSplit:
         return PatchSubset(dataset, self.train), PatchSubset(dataset, self.val)
 
 
+#: Shuffles of the groups a split by group tries for one that keeps every class on both sides.
+GROUP_SPLIT_TRIES = 64
+
+
 def split_indices(
     *,
     labels: Sequence[int] | np.ndarray,
@@ -329,7 +333,8 @@ def split_indices(
 
     With ``groups`` (case or patient per patch) whole groups go to one side, so no patient is in
     both: groups are shuffled with ``seed`` and moved to validation until it holds
-    ``val_fraction`` of the patches. Without groups the split is random per patch, stratified by
+    ``val_fraction`` of the patches; if that leaves a class out of one side, the seed's next
+    shuffles are tried (up to :data:`GROUP_SPLIT_TRIES`) for one that does not. Without groups the split is random per patch, stratified by
     label, and the note says so: views of one patient then land on both sides, so validation
     figures are optimistic.
     """
@@ -344,14 +349,32 @@ def split_indices(
         unique = np.unique(g)
         if unique.size < 2:
             raise ValueError("a split by group needs at least two groups")
-        target = val_fraction * y.size
-        val_mask = np.zeros(y.size, dtype=bool)
-        for group in unique[rng.permutation(unique.size)]:
-            if val_mask.sum() >= target:
+        classes = np.unique(y).size
+
+        def draw() -> np.ndarray:
+            val_mask = np.zeros(y.size, dtype=bool)
+            for group in unique[rng.permutation(unique.size)]:
+                if val_mask.sum() >= val_fraction * y.size:
+                    break
+                val_mask |= g == group
+            if val_mask.all():  # never leave training empty
+                val_mask &= g != g[val_mask][0]
+            return val_mask
+
+        def both_sides_have_every_class(val_mask: np.ndarray) -> bool:
+            return np.unique(y[val_mask]).size == classes == np.unique(y[~val_mask]).size
+
+        # the first shuffle of the seed, unless it leaves a class out of one side: then the first
+        # of the seed's next shuffles that does not (few groups make that likely, e.g. three
+        # cases of which one is the only negative); still deterministic for the seed
+        val_mask = first = draw()
+        for _ in range(GROUP_SPLIT_TRIES - 1):
+            if both_sides_have_every_class(val_mask):
                 break
-            val_mask |= g == group
-        if val_mask.all():  # never leave training empty
-            val_mask &= g != g[val_mask][0]
+            val_mask = draw()
+        else:
+            if not both_sides_have_every_class(val_mask):
+                val_mask = first
         n_val_groups = np.unique(g[val_mask]).size
         note = (
             f"split by group: {n_val_groups} of {unique.size} groups in validation "

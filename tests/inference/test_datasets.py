@@ -102,6 +102,28 @@ def test_split_by_group_keeps_groups_apart_and_is_deterministic():
     assert not np.array_equal(a.val, c.val)
 
 
+def test_split_by_group_keeps_every_class_on_both_sides_when_the_groups_allow():
+    """Three cases, one of them the only negative and the largest: the seed's first shuffle puts
+    it alone in validation; the split tries the seed's next shuffles and keeps both classes on
+    both sides, the same split every time. When no split can, it says so."""
+    groups = np.array([0] * 40 + [1] * 30 + [2] * 30)
+    labels = np.r_[np.zeros(40), np.tile([0, 1], 15), np.tile([0, 1], 15)].astype(int)
+    firsts = []
+    for seed in range(12):
+        split = split_indices(labels=labels, groups=groups, val_fraction=0.3, seed=seed)
+        assert set(labels[split.val]) == set(labels[split.train]) == {0, 1}, seed
+        assert not set(groups[split.train]) & set(groups[split.val])
+        assert "lacks a class" not in split.note
+        again = split_indices(labels=labels, groups=groups, val_fraction=0.3, seed=seed)
+        assert np.array_equal(split.val, again.val)
+        first = np.random.default_rng(seed).permutation(3)[0]
+        firsts.append(first)
+    assert 0 in firsts  # some seeds' first shuffle did put the negative case alone in validation
+    # two cases, one all tumour, one all normal: no split keeps both classes on both sides
+    apart = split_indices(labels=np.r_[np.ones(10), np.zeros(10)], groups=np.repeat([0, 1], 10))
+    assert "validation lacks a class" in apart.note
+
+
 def test_random_split_is_stratified_and_says_so():
     labels = np.array([0] * 70 + [1] * 30)
     s = split_indices(labels=labels, val_fraction=0.3, seed=0)
