@@ -298,11 +298,51 @@ def register_slide(
     _check_import_root(path)
     info = inspect_slide_file(path)
     checksum, size = file_checksum(path)
+    refuse_duplicate(path, checksum, what="slide")
+    return create_slide_row(
+        path,
+        checksum=checksum,
+        size=size,
+        node=node,
+        name=name,
+        user=user,
+        synthetic=synthetic,
+        source=info.source,
+        vendor=info.vendor,
+        width=info.width,
+        height=info.height,
+        levels=info.levels,
+        tile_width=info.tile_width,
+        tile_height=info.tile_height,
+        mpp_x=info.mpp_x,
+        mpp_y=info.mpp_y,
+        magnification=info.magnification,
+        associated_images=info.associated_images,
+    )
+
+
+def refuse_duplicate(path: Path, checksum: str, *, what: str) -> None:
+    """Refuse a file whose checksum is already registered, saying as what and where."""
     existing = Slide.objects.filter(checksum=checksum).select_related("node__case").first()
     if existing:
         raise SlideImportError(
-            path, f"already imported as slide {existing.pk} ({existing.name}) of {existing.node}"
+            path, f"already imported as {what} {existing.pk} ({existing.name}) of {existing.node}"
         )
+
+
+def create_slide_row(
+    path: Path,
+    *,
+    checksum: str,
+    size: int,
+    node: Node,
+    name: str | None,
+    user,
+    synthetic: bool,
+    **fields,
+) -> Slide:
+    """The Slide row of a newly imported file (whole slide or node image); a concurrent import
+    of the same file that won the race (the checksum is unique) is refused, nothing written."""
     try:
         with transaction.atomic():
             return Slide.objects.create(
@@ -313,17 +353,7 @@ def register_slide(
                 file_size=size,
                 imported_by=user if user is not None and user.is_authenticated else None,
                 synthetic=synthetic,
-                source=info.source,
-                vendor=info.vendor,
-                width=info.width,
-                height=info.height,
-                levels=info.levels,
-                tile_width=info.tile_width,
-                tile_height=info.tile_height,
-                mpp_x=info.mpp_x,
-                mpp_y=info.mpp_y,
-                magnification=info.magnification,
-                associated_images=info.associated_images,
+                **fields,
             )
     except IntegrityError as exc:  # a concurrent import of the same file won the race
         raise SlideImportError(path, "already imported (same checksum)") from exc

@@ -30,10 +30,17 @@ from pathlib import Path
 import numpy as np
 import tifffile
 from django.conf import settings
-from django.db import IntegrityError, transaction
 from PIL import Image, ImageFile
 
-from .ingest import SlideImportError, _check_import_root, _short, file_checksum, pillow_pixel_limit
+from .ingest import (
+    SlideImportError,
+    _check_import_root,
+    _short,
+    create_slide_row,
+    file_checksum,
+    pillow_pixel_limit,
+    refuse_duplicate,
+)
 from .models import Node, Slide
 
 SOURCE = "node-image"
@@ -402,40 +409,32 @@ def register_node_image(
     _check_suffix(path)
     array, info = read_node_image(path)
     checksum, size = file_checksum(path)
-    existing = Slide.objects.filter(checksum=checksum).select_related("node__case").first()
-    if existing:
-        raise SlideImportError(
-            path, f"already imported as image {existing.pk} ({existing.name}) of {existing.node}"
-        )
+    refuse_duplicate(path, checksum, what="image")
     if window_center is None and info.bits != 8:
         window_center, window_width = info.window_center, info.window_width
-    try:
-        with transaction.atomic():
-            slide = Slide.objects.create(
-                node=node,
-                name=name or path.name,
-                file_path=str(path),
-                checksum=checksum,
-                file_size=size,
-                imported_by=user if user is not None and user.is_authenticated else None,
-                synthetic=synthetic,
-                source=SOURCE,
-                vendor=info.vendor,
-                width=info.width,
-                height=info.height,
-                levels=pyramid_levels(info.width, info.height),
-                tile_width=TILE_SIZE,
-                tile_height=TILE_SIZE,
-                mpp_x=info.mpp_x,
-                mpp_y=info.mpp_y,
-                magnification=None,
-                associated_images=[],
-                modality=modality,
-                window_center=window_center,
-                window_width=window_width,
-            )
-    except IntegrityError as exc:  # a concurrent import of the same file won the race
-        raise SlideImportError(path, "already imported (same checksum)") from exc
+    slide = create_slide_row(
+        path,
+        checksum=checksum,
+        size=size,
+        node=node,
+        name=name,
+        user=user,
+        synthetic=synthetic,
+        source=SOURCE,
+        vendor=info.vendor,
+        width=info.width,
+        height=info.height,
+        levels=pyramid_levels(info.width, info.height),
+        tile_width=TILE_SIZE,
+        tile_height=TILE_SIZE,
+        mpp_x=info.mpp_x,
+        mpp_y=info.mpp_y,
+        magnification=None,
+        associated_images=[],
+        modality=modality,
+        window_center=window_center,
+        window_width=window_width,
+    )
     _decoded.put(checksum, (array, info))
     return slide
 
