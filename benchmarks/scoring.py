@@ -33,10 +33,13 @@ on them), the grid seed 002's: 40 px windows at stride 10 at 1.0 µm/px.
 
 Why not 16x like for like: with a 40 px window at stride 10 the patch loop computes every *input*
 pixel 16 times, but with valid padding each window's deeper feature maps shrink (19 -> 9 px), so
-it recomputes deep layers only about 3-6 times; the multiply-accumulates per window differ 6.1x
-(printed as work per window), which bounds the like-for-like speed-up (measured 4-6x). Against the
-plain patch loop the scanner also gains what folding batch norms, channels-last and one cache-sized
-tile at a time give it (8-25x measured on a busy 2-core machine, 1 torch thread).
+a layer whose receptive field is r px is recomputed only about ((42 - r) / 10)**2 times per window
+(14.4 for the stem, 3.1 for the last layer of DENSE_MOBILENET); the multiply-accumulates per
+window differ 6.07x in all (printed as work per window), which bounds the like-for-like speed-up
+(measured 4.5-6x on a region; the node's sampled loop pays for cropping too). Against the plain
+patch loop (the trained model as it is: the naive loop) the scanner also gains what folding batch
+norms and the input normalisation, channels-last and one cache-sized tile at a time give it
+(12-14x on the node, 26-29x on a region; 2 threads, quiet machine).
 
 The end-to-end path is compared twice: with the primary alone on random tensors of the same
 tiles (the issue's "model only"), and with both models of the cascade alone - the primary over
