@@ -18,11 +18,12 @@ is needed to rebuild the model: see :func:`load_trained_model`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from os import PathLike
 from pathlib import Path
@@ -363,11 +364,19 @@ class _Evaluation:
     labels: np.ndarray
 
 
-def _recalibrate_batch_norm(model: torch.nn.Module, batches, n_batches: int, *, prepare) -> int:
-    """Recompute every batch-norm layer's running statistics as the exact average over
-    ``n_batches`` of ``batches`` (forward only, train mode); returns the batches used."""
+def recalibrate_batch_norm(
+    model: torch.nn.Module,
+    batches: Iterable,
+    n_batches: int | None = None,
+    *,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> int:
+    """Recompute every batch-norm layer's running statistics as the exact average over the first
+    ``n_batches`` (all when None) of ``batches`` ((x, label) pairs; forward only, train mode,
+    ``prepare(x)`` fed to the model); the momenta are restored afterwards. Returns the batches
+    used. The model is left in train mode."""
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not norms or n_batches < 1:
+    if not norms or (n_batches is not None and n_batches < 1):
         return 0
     momenta = [m.momentum for m in norms]
     for m in norms:
@@ -378,9 +387,9 @@ def _recalibrate_batch_norm(model: torch.nn.Module, batches, n_batches: int, *, 
     try:
         with torch.no_grad():
             for x, _y in batches:
-                model(prepare(x))
+                model(prepare(x) if prepare is not None else x)
                 used += 1
-                if used >= n_batches:
+                if n_batches is not None and used >= n_batches:
                     break
     finally:
         for m, momentum in zip(norms, momenta, strict=True):
@@ -474,6 +483,21 @@ def _identity(
 # -- training ---------------------------------------------------------------------------------------
 
 
+def _restores_cudnn_benchmark(fn):
+    """``fn`` with cuDNN's autotuning flag set back to what it was, however ``fn`` ends."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        previous = torch.backends.cudnn.benchmark
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.backends.cudnn.benchmark = previous
+
+    return wrapper
+
+
+@_restores_cudnn_benchmark
 def train(
     *,
     model_name: str,
@@ -503,36 +527,6 @@ def train(
     of later scoring tasks; the likely reason (not yet confirmed on a GPU) why seed 002's 16
     development nodes took 100 s to score on an H100 right after training in the same process.
     """
-    previous = torch.backends.cudnn.benchmark
-    try:
-        return _train(
-            model_name=model_name,
-            train_set=train_set,
-            val_set=val_set,
-            recipe=recipe,
-            progress=progress,
-            should_cancel=should_cancel,
-            checkpoint_dir=checkpoint_dir,
-            resume=resume,
-            device=device,
-        )
-    finally:
-        torch.backends.cudnn.benchmark = previous
-
-
-def _train(
-    *,
-    model_name: str,
-    train_set,
-    val_set,
-    recipe: TrainingRecipe | None = None,
-    progress: Callable[[TrainingProgress], None] | None = None,
-    should_cancel: Callable[[], bool] | None = None,
-    checkpoint_dir: str | PathLike[str] | None = None,
-    resume: bool = True,
-    device: str | torch.device | None = None,
-) -> TrainingResult:
-    """:func:`train` without restoring cuDNN's autotuning flag."""
     recipe = recipe or TrainingRecipe()
     started = time.perf_counter()
     dev = _resolve_device(device)
@@ -700,7 +694,7 @@ def _train(
             calibration = _batches(
                 train_set, order, recipe.batch_size, num_workers=0, pin_memory=False
             )
-            _recalibrate_batch_norm(
+            recalibrate_batch_norm(
                 model,
                 calibration,
                 min(recipe.precise_bn_batches, steps_per_epoch),

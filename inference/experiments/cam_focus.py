@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from inference.cam_maps import class_activation_map, model_input  # noqa: E402
 from inference.models import build_model  # noqa: E402
 from inference.synthetic_images import CT_WINDOW, generate_node_image  # noqa: E402
+from inference.training import recalibrate_batch_norm  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 STRIDE = 8
@@ -125,14 +126,9 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-    with torch.no_grad():
-        model.train()
-        for idx in torch.arange(len(x)).split(batch):
-            model(x[idx].to(device))
+    recalibrate_batch_norm(
+        model, ((x[i].to(device), None) for i in torch.arange(len(x)).split(batch))
+    )
     model.eval()
     if device.type == "cuda":
         torch.cuda.synchronize()

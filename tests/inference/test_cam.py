@@ -33,7 +33,12 @@ from inference.models import build_model
 from inference.models.layers import PatchClassifier
 from inference.records import GradCam, ModelVersion, TrainingRun
 from inference.synthetic_images import generate_node_image
-from inference.training import WEIGHTS_FORMAT, TrainingRecipe, atomic_torch_save
+from inference.training import (
+    WEIGHTS_FORMAT,
+    TrainingRecipe,
+    atomic_torch_save,
+    recalibrate_batch_norm,
+)
 
 SIZE = 48
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -88,14 +93,7 @@ def train(name: str, *, epochs: int = 8, n: int = 192) -> torch.nn.Module:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None  # a cumulative average over the pass below
-    with torch.no_grad():
-        model.train()
-        for idx in torch.arange(n).split(64):
-            model(x[idx])
+    recalibrate_batch_norm(model, ((x[idx], None) for idx in torch.arange(n).split(64)))
     return model.eval()
 
 

@@ -47,6 +47,7 @@ def _train() -> torch.nn.Module:
     quick and reproducible on a busy machine; batch-norm statistics recomputed at the end."""
     from inference.augmentation import normalize, to_float
     from inference.models import build_model
+    from inference.training import recalibrate_batch_norm
 
     images, labels = _images(96, seed=0)
     x = torch.from_numpy(np.stack(images))[:, None].expand(-1, 3, -1, -1).contiguous()
@@ -62,13 +63,7 @@ def _train() -> torch.nn.Module:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-    with torch.no_grad():
-        model.train()
-        model(x)
+    recalibrate_batch_norm(model, [(x, None)])
     return model.eval()
 
 
