@@ -76,7 +76,7 @@ import math
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from os import PathLike
@@ -455,8 +455,7 @@ class Classifier:
         the normalisation (one pass, no arithmetic), else :meth:`_prepare`'s normalisation."""
         import torch
 
-        model = self.inference_model  # decides whether the normalisation is folded in
-        del model
+        _ = self.inference_model  # built first: it decides whether the normalisation is folded in
         if not self._raw_input:
             return self._prepare(pixels)
         x = torch.as_tensor(pixels)
@@ -745,7 +744,7 @@ def _tile_grid(n_rows: int, n_cols: int, per_tile: int) -> Iterator[tuple[int, i
 
 
 def _regions(
-    boxes: list[tuple[int, int, int, int]], g: ScanGeometry
+    boxes: Sequence[tuple[int, int, int, int]], g: ScanGeometry
 ) -> list[tuple[int, int, int, int]]:
     """The (x, y, w, h) pixel regions of window boxes (r0, r1, c0, c1): windows plus halo."""
     return [
@@ -759,7 +758,7 @@ def _read_tiles(
     reader: Reader,
     boxes: list[tuple[int, int, int, int]],
     g: ScanGeometry,
-    ahead: list[tuple[int, int, int, int]] = (),  # type: ignore[assignment]
+    ahead: Sequence[tuple[int, int, int, int]] = (),
 ) -> np.ndarray:
     """Read the tiles' pixels (windows plus halo) and pad them to the batch's largest tile so they
     stack; the padding only ever reaches windows that are discarded. A reader with a ``warm``
@@ -767,7 +766,7 @@ def _read_tiles(
     next ones (``ahead``) need: a few stored tiles at a time would mostly decode one by one."""
     warm = getattr(reader, "warm", None)
     if warm is not None:
-        warm(_regions(boxes, g), _regions(list(ahead), g))
+        warm(_regions(boxes, g), _regions(ahead, g))
     images = []
     for r0, r1, c0, c1 in boxes:
         h, w = (r1 - r0 - 1) * g.stride + g.window, (c1 - c0 - 1) * g.stride + g.window
@@ -1225,7 +1224,7 @@ class SlideReader:
     def warm(
         self,
         regions: list[tuple[int, int, int, int]],
-        ahead: list[tuple[int, int, int, int]] = (),  # type: ignore[assignment]
+        ahead: Sequence[tuple[int, int, int, int]] = (),
     ) -> None:
         """When the (x, y, w, h) ``regions`` about to be read need stored tiles the LRU lacks,
         decode those and the ones the regions ``ahead`` will need, in parallel threads
@@ -1244,7 +1243,7 @@ class SlideReader:
         while len(self._tiles) > self.tile_cache:
             self._tiles.popitem(last=False)
 
-    def _missing(self, regions: list[tuple[int, int, int, int]]) -> dict[tuple[int, int], None]:
+    def _missing(self, regions: Sequence[tuple[int, int, int, int]]) -> dict[tuple[int, int], None]:
         """The stored tiles (tx, ty) that ``regions`` overlap and the LRU lacks, in order."""
         tw, th = int(self.source.tileWidth), int(self.source.tileHeight)
         wanted: dict[tuple[int, int], None] = {}
