@@ -16,7 +16,14 @@ from annotations.labels import (
     shapes_of,
     summarise,
 )
-from annotations.tissue import TissueMask, cache_path, mask_from_rgb, otsu_threshold, tissue_mask
+from annotations.tissue import (
+    TissueMask,
+    cache_path,
+    fill_enclosed_holes,
+    mask_from_rgb,
+    otsu_threshold,
+    tissue_mask,
+)
 from slides.ingest import register_slide
 from slides.models import Node
 from tests.factories import write_pyramid_tiff
@@ -235,6 +242,27 @@ def test_holes_the_tissue_encloses_are_tissue_and_glass_around_it_is_not():
     assert not mask[:15].any() and not mask[:, 145:].any()  # glass around the tissue
     unfilled = mask_from_rgb(image, fill_holes=False)
     assert not unfilled[45:75, 40:60].any()  # without filling, the pale sinus was lost
+
+
+def test_filling_holes_equals_scipys_binary_fill_holes():
+    """The one-labelling hole filling gives scipy's result on masks with many holes, bays and
+    pieces, and on the empty and the full mask."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(2)
+    masks = [np.zeros((40, 30), bool), np.ones((40, 30), bool)]
+    for sigma in (1.5, 3, 6):
+        smooth = ndimage.gaussian_filter(rng.random((300, 260)), sigma)
+        masks.append(smooth > np.quantile(smooth, 0.45))
+    ring = np.zeros((50, 50), bool)
+    ring[10:40, 10:40], ring[15:35, 15:35] = True, False  # a square hole
+    masks.append(ring)
+    for mask in masks:
+        want = ndimage.binary_fill_holes(mask)
+        assert np.array_equal(fill_enclosed_holes(mask), want)
+    assert fill_enclosed_holes(ring)[15:35, 15:35].all()
+    # the random masks do have holes and open bays, so the comparison means something
+    assert any((ndimage.binary_fill_holes(m) != m).sum() > 50 for m in masks[2:5])
 
 
 def test_tissue_mask_from_a_real_thumbnail_is_cached(case, tmp_path, monkeypatch):
