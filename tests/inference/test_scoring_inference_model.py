@@ -9,9 +9,11 @@ import torch
 
 from inference.scoring import (
     SECONDARY_BLOCK,
+    SECONDARY_SMALL_BLOCK,
     Classifier,
     ScoringError,
     fold_batch_norms,
+    fuse_conv_activations,
     scan_image,
 )
 
@@ -76,6 +78,46 @@ def test_the_normalisation_is_folded_into_the_first_convolution_only_without_pad
     with torch.inference_mode():
         want = torch.softmax(same.model(same._prepare(pixels).contiguous()), 1)[:, 1].numpy()
     assert np.abs(same.window_probabilities(pixels) - want).max() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    ("name", "kw", "expected"),
+    [
+        # stem, 4 expansions, 5 depthwise, head: every ConvBNAct of the tiny MobileNetV2
+        ("mobilenetv2", TINY, 11),
+        ("resnet-small", {"blocks": (1, 1), "widths": (8, 16), "padding": "valid"}, 1),  # stem
+    ],
+)
+def test_convolutions_and_their_clamps_run_as_one_call_with_the_same_result(name, kw, expected):
+    """On CPU the inference copy runs each convolution with its ReLU / ReLU6 as one oneDNN call:
+    the same probabilities as the trained model, densely and window by window; with autograd on
+    (nothing scores that way, but the module must not lie) it takes the two-step path."""
+    from inference.models.layers import ConvBNAct
+
+    classifier = Classifier(model=random_dense_model(name, seed=12, **kw)).to("cpu")
+    merged = [
+        m for m in classifier.inference_model.modules() if type(m).__name__ == "FusedConvClamp"
+    ]
+    assert len(merged) == expected
+    assert not any(isinstance(m, ConvBNAct) for m in classifier.inference_model.modules())
+    pixels = np.random.default_rng(13).integers(0, 256, (24, 40, 40, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        want = torch.softmax(classifier.model(classifier._prepare(pixels).contiguous()), 1)[:, 1]
+    assert want.std() > 0.05
+    assert np.abs(classifier.window_probabilities(pixels) - want.numpy()).max() <= 1e-5
+    # the merged modules against the folded copy before merging, on a tile (dense feature maps)
+    folded, _ = fold_batch_norms(classifier.model)
+    again, count = fuse_conv_activations(folded)
+    assert count == expected
+    tile = torch.rand(2, 3, 110, 110, generator=torch.Generator().manual_seed(14)) * 4 - 2
+    with torch.inference_mode():
+        assert (again.forward_features(tile) - folded.forward_features(tile)).abs().max() <= 1e-5
+    with torch.enable_grad():
+        grad_input = tile.clone().requires_grad_(True)
+        again.forward_features(grad_input).sum().backward()
+    assert grad_input.grad is not None and grad_input.grad.abs().sum() > 0
+    # a model whose batch norms are not folded is left alone (a clamp would skip the affine map)
+    assert fuse_conv_activations(classifier.model) == (classifier.model, 0)
 
 
 @pytest.mark.parametrize("prefetch", [True, False])
@@ -155,7 +197,8 @@ def test_auto_cascade_runs_the_secondary_densely_over_boxes_with_the_same_result
 
 def test_scattered_calls_run_the_secondary_in_dense_blocks_with_the_same_decisions():
     """Calls in small groups over a tile: "auto" runs blocks of 4 x 4 windows that hold many of
-    them densely, several blocks to a call, and checks the rest one by one."""
+    them densely, and quarters of 2 x 2 windows that hold two or more, several to a call, and
+    checks the rest one by one."""
     rng = np.random.default_rng(33)
     image = rng.integers(0, 256, (490, 490, 3), dtype=np.uint8)
     for y, x in rng.integers(0, 440, (12, 2)):  # small dark spots: calls cluster in small groups
@@ -163,4 +206,7 @@ def test_scattered_calls_run_the_secondary_in_dense_blocks_with_the_same_decisio
     shapes, auto, _ = auto_against_one_by_one(image, seeds=(31, 32), quantile=0.85)
     block_px = (SECONDARY_BLOCK - 1) * 10 + 40
     assert any(s[1:3] == (block_px, block_px) and s[0] > 1 for s in shapes), shapes
+    # and quarters of blocks (2 x 2 windows, 50 px) holding two or more called windows
+    quarter_px = (SECONDARY_SMALL_BLOCK - 1) * 10 + 40
+    assert any(s[1:3] == (quarter_px, quarter_px) and s[0] > 1 for s in shapes), shapes
     assert auto.secondary_windows > 200
