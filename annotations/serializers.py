@@ -47,6 +47,31 @@ class AnnotationSerializer(serializers.ModelSerializer):
         return obj.source_geometry is not None
 
 
+class ViewportAnnotationSerializer(AnnotationSerializer):
+    """An annotation as the viewport list gives it. With `?simplify=` (context `simplified`:
+    pk → simplified outline) the geometry may be an outline simplified for a zoomed-out view,
+    marked `simplified: true`, with `vertex_count` still that of the stored outline; without it,
+    exactly `AnnotationSerializer`'s fields."""
+
+    simplified = serializers.BooleanField(
+        required=False,
+        help_text="Only with ?simplify=: the geometry is simplified for drawing (not for editing)",
+    )
+
+    class Meta(AnnotationSerializer.Meta):
+        fields = [*AnnotationSerializer.Meta.fields, "simplified"]
+
+    def to_representation(self, instance: Annotation) -> dict:
+        data = super().to_representation(instance)  # `simplified` is no attribute: left out
+        outlines = self.context.get("simplified")
+        if outlines is not None:
+            outline = outlines.get(instance.pk)
+            data["simplified"] = outline is not None
+            if outline is not None:
+                data["geometry"] = outline
+        return data
+
+
 class AnnotationCreateSerializer(serializers.Serializer):
     geometry = serializers.JSONField()
     label_class = serializers.CharField(max_length=80)

@@ -29,6 +29,7 @@ from .geometry import (
     UnknownLabelClass,
     plain,
     repair_geometry,
+    simplify_for_view,
     validate_geometry,
     vertex_count,
 )
@@ -156,6 +157,15 @@ def viewport_annotations(
         include_deleted=include_deleted,
     )
     return drop_non_intersecting(qs, bbox)
+
+
+def simplified_outlines(rows: Sequence[Annotation], *, tolerance: float) -> dict[int, dict]:
+    """pk → the outline to draw at `tolerance` level-0 px, for the rows whose outline gets
+    smaller there (`geometry.simplify_for_view`); the other rows are sent as stored. What is
+    stored is never changed: edits start from the full geometry (`GET /api/annotations/<id>/`)."""
+    detailed = [a for a in rows if a.vertex_count > 3]  # a triangle has nothing to drop
+    shown = simplify_for_view([a.geometry for a in detailed], tolerance=tolerance)
+    return {a.pk: g for a, g in zip(detailed, shown, strict=True) if g is not None}
 
 
 # ---- single annotations -------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from .serializers import (
     AnnotationSerializer,
     AnnotationUpdateSerializer,
     LabelClassSerializer,
+    ViewportAnnotationSerializer,
 )
 
 ANNOTATION_PAGE = inline_serializer(
@@ -43,7 +44,7 @@ ANNOTATION_PAGE = inline_serializer(
         "count": serializers.IntegerField(),
         "next": serializers.URLField(allow_null=True),
         "previous": serializers.URLField(allow_null=True),
-        "results": AnnotationSerializer(many=True),
+        "results": ViewportAnnotationSerializer(many=True),
     },
 )
 PROBLEM = OpenApiTypes.OBJECT
@@ -120,6 +121,21 @@ def parse_bbox(text: str | None) -> tuple[float, float, float, float] | None:
     return x0, y0, x1, y1
 
 
+def parse_simplify(text: str | None) -> float | None:
+    """`?simplify=`: a tolerance in level-0 px, a positive finite number; absent → None."""
+    if text is None:
+        return None
+    try:
+        tolerance = float(text)
+    except ValueError:
+        tolerance = float("nan")
+    if not 0 < tolerance < float("inf"):
+        raise ValidationError(
+            {"simplify": ["simplify must be a positive number (tolerance in level-0 px)"]}
+        )
+    return tolerance
+
+
 def parse_version(value) -> int | None:
     if value in (None, ""):
         return None
@@ -141,7 +157,8 @@ class LabelClassList(generics.ListAPIView):
 
 
 class SlideAnnotations(APIView):
-    """GET: annotations intersecting `?bbox=x0,y0,x1,y1` (`&author=`, `&class=a,b`, `&deleted=1`). POST: create."""
+    """GET: annotations intersecting `?bbox=x0,y0,x1,y1` (`&author=`, `&class=a,b`, `&deleted=1`,
+    `&simplify=<px>` for outlines simplified to draw a zoomed-out view). POST: create."""
 
     parser_classes = [JSONParser]
 
@@ -153,6 +170,17 @@ class SlideAnnotations(APIView):
             OpenApiParameter("author", str, description="username or user id"),
             OpenApiParameter("class", str, description="label class keys, comma-separated"),
             OpenApiParameter("deleted", bool, description="include soft-deleted annotations"),
+            OpenApiParameter(
+                "simplify",
+                float,
+                description=(
+                    "tolerance in level-0 px (> 0; about one screen pixel of a zoomed-out view):"
+                    " each outline comes simplified for drawing (shapely, topology-preserving;"
+                    " never invalid or empty, else the stored one) with `simplified` saying"
+                    " which; `vertex_count` stays the stored count. Edit from"
+                    " `GET /api/annotations/<id>/`, never from a simplified outline"
+                ),
+            ),
             OpenApiParameter("limit", int),
             OpenApiParameter("offset", int),
         ],
@@ -177,6 +205,7 @@ class SlideAnnotations(APIView):
             if unknown:
                 raise ValidationError({"class": [f"unknown label class(es): {', '.join(unknown)}"]})
         bbox = parse_bbox(params.get("bbox"))
+        tolerance = parse_simplify(params.get("simplify"))
         candidates = services.viewport_queryset(
             slide=slide,
             bbox=bbox,
@@ -191,7 +220,11 @@ class SlideAnnotations(APIView):
         page = services.drop_non_intersecting(
             paginator.paginate_queryset(candidates, request, view=self), bbox
         )
-        return paginator.get_paginated_response(AnnotationSerializer(page, many=True).data)
+        if tolerance is None:
+            return paginator.get_paginated_response(AnnotationSerializer(page, many=True).data)
+        outlines = services.simplified_outlines(page, tolerance=tolerance)
+        rows = ViewportAnnotationSerializer(page, many=True, context={"simplified": outlines})
+        return paginator.get_paginated_response(rows.data)
 
     @extend_schema(
         request=AnnotationCreateSerializer, responses={201: AnnotationSerializer, 400: PROBLEM}

@@ -1,0 +1,172 @@
+"""`?simplify=<px>` on the viewport list: outlines simplified for a zoomed-out view, never stored.
+
+A detailed outline (a wobbly circle of 2,000 vertices, like a CAMELYON16 ASAP outline) comes back
+with far fewer vertices, valid, marked `simplified`, with the stored `vertex_count`; the row in
+the database is untouched; small and tiny polygons still come back; bad values are 400 naming the
+parameter; without it the response is exactly as before; access rules are those of the list.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import shapely
+from shapely.geometry import shape
+
+from annotations import services
+from annotations.geometry import vertex_count
+from annotations.models import Annotation
+
+from .conftest import client_for, make_slide, square
+
+
+def wobbly_circle(cx: float, cy: float, r: float, n: int = 2000, seed: int = 0) -> dict:
+    """A closed outline of `n` integer vertices within ±3 px of a circle (a hand-drawn outline)."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 2 * math.pi, n, endpoint=False)
+    radius = r + rng.integers(-3, 4, n)
+    ring = np.column_stack([cx + radius * np.cos(t), cy + radius * np.sin(t)]).round()
+    ring = ring.astype(int).tolist()
+    return {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
+
+
+@pytest.fixture
+def big_slide(case):
+    return make_slide(case.nodes.first(), width=20_000, height=20_000)
+
+
+@pytest.fixture
+def outlines(people, big_slide, label_classes) -> dict[str, Annotation]:
+    """A detailed outline, one with a hole, a small square and a polygon smaller than 4 px."""
+    create = services.create_annotation
+    detailed = wobbly_circle(5000, 5000, 2000)
+    ring = wobbly_circle(12000, 12000, 3000, seed=1)["coordinates"][0]
+    hole = wobbly_circle(12000, 12000, 1000, n=800, seed=2)["coordinates"][0][::-1]
+    user = people.pathologist
+    return {
+        "detailed": create(slide=big_slide, user=user, geometry=detailed, label_class="tumour"),
+        "holed": create(
+            slide=big_slide,
+            user=user,
+            geometry={"type": "Polygon", "coordinates": [ring, hole]},
+            label_class="tumour",
+        ),
+        "square": create(
+            slide=big_slide, user=user, geometry=square(100, 100, 300, 300), label_class="sinus"
+        ),
+        "tiny": create(
+            slide=big_slide,
+            user=user,
+            geometry={
+                "type": "Polygon",
+                "coordinates": [[[900, 900], [902, 900], [903, 901], [902, 903], [900, 902]]],
+            },
+            label_class="ink",
+        ),
+    }
+
+
+def listed(client, slide, query: str = "") -> dict:
+    response = client.get(f"/api/slides/{slide.pk}/annotations/?bbox=0,0,20000,20000{query}")
+    assert response.status_code == 200, response.content
+    return {row["id"]: row for row in response.json()["results"]}
+
+
+def test_simplify_sends_fewer_vertices_valid_and_marked(people, big_slide, outlines):
+    rows = listed(client_for(people.pathologist), big_slide, "&simplify=16")
+    assert set(rows) == {a.pk for a in outlines.values()}, "nothing disappears from view"
+    for key in ("detailed", "holed"):
+        stored, row = outlines[key], rows[outlines[key].pk]
+        sent = shape(row["geometry"])
+        assert row["simplified"] is True
+        assert row["vertex_count"] == stored.vertex_count  # the stored count, as before
+        assert vertex_count(row["geometry"]) < stored.vertex_count / 5
+        assert sent.is_valid and not sent.is_empty
+        # Within the tolerance of the stored outline, holes kept.
+        assert shape(stored.geometry).hausdorff_distance(sent) <= 16
+        assert len(sent.interiors) == len(shape(stored.geometry).interiors)
+        # Its vertices are stored vertices: a subset, nothing invented.
+        stored_points = {tuple(p) for ring in stored.geometry["coordinates"] for p in ring}
+        assert {tuple(p) for ring in row["geometry"]["coordinates"] for p in ring} <= stored_points
+    # A square has nothing to drop: sent as stored and marked so.
+    square_row = rows[outlines["square"].pk]
+    assert square_row["simplified"] is False
+    assert square_row["geometry"] == outlines["square"].geometry
+    # A polygon smaller than the tolerance still comes back, as a valid outline with area.
+    tiny = rows[outlines["tiny"].pk]
+    assert shape(tiny["geometry"]).is_valid and shape(tiny["geometry"]).area > 0
+    assert shapely.box(899, 899, 904, 904).contains(shape(tiny["geometry"]))
+
+
+def test_simplify_changes_nothing_stored(people, big_slide, outlines):
+    before = {
+        a.pk: (a.geometry, a.vertex_count, a.version, a.history.count()) for a in outlines.values()
+    }
+    listed(client_for(people.pathologist), big_slide, "&simplify=64")
+    for annotation in Annotation.objects.filter(pk__in=before):
+        assert (
+            annotation.geometry,
+            annotation.vertex_count,
+            annotation.version,
+            annotation.history.count(),
+        ) == before[annotation.pk]
+    # The single-annotation endpoint (what editing starts from) gives the full outline.
+    full = client_for(people.pathologist).get(f"/api/annotations/{outlines['detailed'].pk}/")
+    assert full.json()["geometry"] == outlines["detailed"].geometry
+    assert "simplified" not in full.json()
+
+
+def test_without_simplify_the_response_is_unchanged(people, big_slide, outlines):
+    client = client_for(people.pathologist)
+    url = f"/api/slides/{big_slide.pk}/annotations/?bbox=0,0,20000,20000"
+    response = client.get(url)
+    from annotations.serializers import AnnotationSerializer
+
+    rows = Annotation.objects.filter(pk__in=[a.pk for a in outlines.values()]).order_by("id")
+    assert response.json()["results"] == AnnotationSerializer(rows, many=True).data
+    assert all("simplified" not in row for row in response.json()["results"])
+    assert response.json()["results"][0]["geometry"] == outlines["detailed"].geometry
+
+
+@pytest.mark.parametrize(
+    "value", ["", "0", "-4", "nan", "inf", "-inf", "1e999", "abc", "4,4", "0x10", "²"]
+)
+def test_bad_simplify_is_400_naming_the_parameter(people, big_slide, outlines, value):
+    response = client_for(people.pathologist).get(
+        f"/api/slides/{big_slide.pk}/annotations/", {"bbox": "0,0,100,100", "simplify": value}
+    )
+    assert response.status_code == 400, (value, response.content)
+    assert list(response.json()) == ["simplify"]
+    assert "simplify" in response.json()["simplify"][0]
+
+
+def test_simplify_follows_the_list_access_rules(people, big_slide, outlines):
+    url = f"/api/slides/{big_slide.pk}/annotations/?simplify=8"
+    assert client_for(people.outsider).get(url).status_code == 404
+    from django.test import Client
+
+    assert Client().get(url).status_code in (401, 403)
+    for user in (people.lab_lead, people.admin):
+        assert client_for(user).get(url).status_code == 200
+
+
+def test_simplify_pages_and_filters_like_the_list(people, big_slide, outlines):
+    client = client_for(people.pathologist)
+    page = client.get(
+        f"/api/slides/{big_slide.pk}/annotations/?simplify=8&limit=1&class=tumour"
+    ).json()
+    assert [r["id"] for r in page["results"]] == [outlines["detailed"].pk]
+    assert page["next"] and "simplify=8" in page["next"]
+    second = client.get(page["next"]).json()
+    assert [r["id"] for r in second["results"]] == [outlines["holed"].pk]
+    assert second["results"][0]["simplified"] is True
+    # A deleted outline is listed with ?deleted=1 only, simplified too.
+    services.delete_annotation(
+        annotation=outlines["detailed"], user=people.pathologist, expected_version=1
+    )
+    live = listed(client, big_slide, "&simplify=8")
+    assert outlines["detailed"].pk not in live
+    everything = listed(client, big_slide, "&simplify=8&deleted=1")
+    assert everything[outlines["detailed"].pk]["simplified"] is True
