@@ -313,17 +313,30 @@ def simplify_for_view(geometries: Sequence[Mapping], *, tolerance: float) -> lis
     screen pixel there): entry i is the simplified GeoJSON of `geometries[i]`, or None where the
     stored outline is to be sent as it is.
 
-    shapely's topology-preserving simplification (Douglas-Peucker that never lets a ring cross
-    itself or another ring, and never drops one), in one vectorised call for all rows. Its
-    vertices are a subset of the stored ones. None where it would drop nothing, or where the
-    result would be invalid or empty: then the original goes out, never a broken outline. An
-    outline smaller than the tolerance keeps at least a triangle, so nothing vanishes from view.
+    Douglas-Peucker (shapely, vectorised over all rows; its vertices are a subset of the stored
+    ones) wherever its result is a valid outline with area, and shapely's topology-preserving
+    simplification (which never lets a ring cross itself or another, nor drops one) for the few
+    it would break: both stay within `tolerance` of the stored outline, and the plain one is
+    about 10x faster on the CAMELYON16 outlines, so nearly all rows take the fast path. None
+    where neither would drop a vertex, or both would be invalid or empty: the original goes out,
+    never a broken outline. An outline smaller than the tolerance keeps at least a triangle (the
+    topology-preserving pass), so nothing vanishes from view.
     """
     if not geometries:
         return []
     shapes = np.array([_shape(rings_of(g)) for g in geometries], dtype=object)
-    simple = shapely.simplify(shapes, tolerance, preserve_topology=True)
-    smaller = shapely.get_num_coordinates(simple) < shapely.get_num_coordinates(shapes)
-    keep = smaller & ~shapely.is_empty(simple) & (shapely.area(simple) > 0)
-    keep[keep] &= shapely.is_valid(simple[keep])
+    simple = shapely.simplify(shapes, tolerance, preserve_topology=False)
+    broken = ~_drawable(simple)
+    if broken.any():
+        simple[broken] = shapely.simplify(shapes[broken], tolerance, preserve_topology=True)
+    keep = shapely.get_num_coordinates(simple) < shapely.get_num_coordinates(shapes)
+    keep[keep] &= _drawable(simple[keep])
     return [to_geojson(s) if k else None for s, k in zip(simple, keep, strict=True)]
+
+
+def _drawable(shapes: np.ndarray) -> np.ndarray:
+    """Valid Polygon/MultiPolygon outlines with area (what a simplification may send)."""
+    ok = ~shapely.is_empty(shapes) & (shapely.area(shapes) > 0)
+    ok &= np.isin(shapely.get_type_id(shapes), (3, 6))  # Polygon, MultiPolygon
+    ok[ok] &= shapely.is_valid(shapes[ok])
+    return ok

@@ -8,6 +8,9 @@ as `import --repair make_valid` stores them) and, to fill it up, random small st
 at several zoom levels (1, 4, 16 and 64 level-0 px per screen px) are requested as
 `GET /api/slides/<id>/annotations/?bbox=x0,y0,x1,y1` through Django's WSGI handler (middleware,
 session authentication, routing, the view, serialisation of the first page), as gunicorn would.
+Zoomed out (4 level-0 px per screen px and more) each viewport is also requested as the viewer
+asks for it there, with `&simplify=<level-0 px per screen px>`, right after the plain request:
+time and body size with and without, and their ratio.
 
 Database: PostgreSQL when it can be had (the server of `DATABASE_URL` if that is PostgreSQL, else
 postgres://postgres@127.0.0.1:5432), in a throw-away database `nodescope_bench`; otherwise SQLite,
@@ -310,6 +313,7 @@ def main() -> None:
     for zoom in ZOOMS:
         w, h = SCREEN[0] * zoom, SCREEN[1] * zoom
         times, service, paged, counts, sizes = [], [], [], [], []
+        simple_times, simple_sizes = [], []
         for _ in range(per_zoom[zoom]):
             slide = slides[int(rng.integers(len(slides)))]
             x0 = float(rng.uniform(0, max(1, slide.width - w)))
@@ -321,6 +325,14 @@ def main() -> None:
             assert status.startswith("200"), (status, body[:300])
             counts.append(json.loads(body)["count"])
             sizes.append(len(body))
+            if zoom >= 4:  # as the viewer asks when zoomed out: about one screen pixel
+                t = time.perf_counter()
+                status, _headers, simple = client.get(
+                    f"/api/slides/{slide.pk}/annotations/", f"{query}&simplify={zoom}"
+                )
+                simple_times.append(time.perf_counter() - t)
+                assert status.startswith("200"), (status, simple[:300])
+                simple_sizes.append(len(simple))
             t = time.perf_counter()  # the same query without HTTP, auth and serialisation
             viewport_annotations(slide=slide, bbox=(x0, y0, x0 + w, y0 + h))
             service.append(time.perf_counter() - t)
@@ -340,6 +352,15 @@ def main() -> None:
             "sql_page_p50_ms": round(statistics.median(paged) * 1000, 2),
             "n": len(ms),
         }
+        if simple_times:
+            simple_ms = [t * 1000 for t in simple_times]
+            entry["simplified"] = {
+                "p50_ms": round(statistics.median(simple_ms), 2),
+                "p95_ms": round(percentile(simple_ms, 95), 2),
+                "median_kb": round(statistics.median(simple_sizes) / 1024, 1),
+                "p50_ratio": round(statistics.median(ms) / statistics.median(simple_ms), 2),
+                "kb_ratio": round(statistics.median(sizes) / statistics.median(simple_sizes), 2),
+            }
         results["zooms"][str(zoom)] = entry
         print(
             f"  zoom 1:{zoom:<3} viewport {w:>7,} x {h:>6,} px: p50 {entry['p50_ms']:8.2f} ms  "
@@ -348,6 +369,13 @@ def main() -> None:
             f"viewport_annotations() alone p50 {entry['service_p50_ms']:.2f} ms, "
             f"count + first page in SQL p50 {entry['sql_page_p50_ms']:.2f} ms"
         )
+        if simple_times:
+            simple = entry["simplified"]
+            print(
+                f"    with simplify={zoom}: p50 {simple['p50_ms']:8.2f} ms  p95 {simple['p95_ms']:8.2f} ms,"
+                f" body {simple['median_kb']:,} kB: {simple['p50_ratio']}x faster (p50),"
+                f" {simple['kb_ratio']}x smaller"
+            )
     results["p50_ms"] = round(statistics.median(everything), 2)
     results["p95_ms"] = round(percentile(everything, 95), 2)
     print(

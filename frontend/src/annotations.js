@@ -14,7 +14,12 @@
  * about one screen pixel, and needs no WebGL (like the viewer's canvas drawer).
  *
  * Data flow: annotations in (and around) the view are fetched with `?bbox=` (debounced after
- * pan/zoom); new shapes are POSTed when finished; edits are PATCHed with the version the client
+ * pan/zoom). Zoomed out (a screen pixel covering 2 level-0 px or more) the fetch adds
+ * `&simplify=` (about one screen pixel in level-0 px, a power of two so nearby zooms ask alike)
+ * and the server sends outlines simplified for drawing, marked `simplified`; zooming in past
+ * that fetches them again in full. A simplified outline is never edited: selecting one (which
+ * every edit, brush, eraser and delete needs) first loads its full row, `GET /api/annotations/<id>/`,
+ * and its version. New shapes are POSTed when finished; edits are PATCHed with the version the client
  * saw (409 → the current row is reloaded and the user told); invalid shapes (400) stay on screen
  * as a red dashed draft with the server's message until fixed, discarded or undone.
  *
@@ -22,7 +27,7 @@
  * `window.nodescopeAnnotations` exposes a small API (tool, setClass, count, undo, redo, idle…).
  */
 import OpenSeadragon from "openseadragon";
-import { annotationApi, ApiError } from "./annotate-api.js";
+import { annotationApi, ApiError, listOf, request } from "./annotate-api.js";
 import * as G from "./annotate-geometry.js";
 
 export const TOOLS = [
@@ -77,8 +82,28 @@ function copyParts(parts) {
   return parts.map((rings) => rings.map((ring) => ring.map((p) => [p[0], p[1]])));
 }
 
-/** One annotation as the layer keeps it (from a server row). */
-function itemFromRow(row) {
+/**
+ * Every live annotation meeting `bbox`, as `annotationApi().inView` fetches them (all pages,
+ * `onPage` sees each), with `simplify` (level-0 px; 0 = full geometry) for a zoomed-out view.
+ */
+async function fetchInView(base, slideId, bbox, { simplify = 0, signal, onPage }) {
+  const params = new URLSearchParams({ bbox: bbox.map((v) => Math.round(v)).join(",") });
+  if (simplify > 0) params.set("simplify", String(simplify));
+  let url = `${base}/slides/${slideId}/annotations/?${params}`;
+  for (let n = 0; url && n < 200; n++) {
+    const data = await request("GET", url, { signal });
+    onPage(listOf(data));
+    url = data && !Array.isArray(data) && data.next ? data.next : null;
+  }
+}
+
+/** Is an outline fetched at tolerance `a` finer than one at `b`? (0 = full geometry) */
+function finer(a, b) {
+  return b !== 0 && (a === 0 || a < b);
+}
+
+/** One annotation as the layer keeps it (from a server row; `simplify` = the fetch's tolerance). */
+function itemFromRow(row, simplify = 0) {
   if (row && row.type === "Feature") row = { ...(row.properties || {}), id: row.id ?? row.properties?.id, geometry: row.geometry };
   const labelClass = row.label_class;
   const classKey = typeof labelClass === "object" && labelClass ? labelClass.key : labelClass ?? row.label_class_key ?? row.class;
@@ -94,6 +119,9 @@ function itemFromRow(row) {
     bbox: G.bounds(geometry),
     area: G.geometryArea(geometry),
     deleted: Boolean(row.deleted_at || row.deleted),
+    // Drawn from an outline simplified at `tolerance` level-0 px (0: the stored geometry).
+    simplified: Boolean(row.simplified),
+    tolerance: row.simplified ? simplify : 0,
     paths: new Map(),
     touched: performance.now(),
   };
@@ -109,6 +137,8 @@ export class AnnotationLayer {
     this.mpp = this.info.mpp ? Number(this.info.mpp) : null;
     this.user = user;
     this.api = annotationApi(this.slideId, { base: apiBase });
+    this.apiBase = apiBase;
+    this.selecting = null; // {id, promise} while a simplified annotation's full row loads
     this.toolbar = toolbar;
 
     this.items = new Map();
@@ -333,7 +363,8 @@ export class AnnotationLayer {
       const queue = this.queue;
       await queue;
       if (this.fetching) await this.fetching.catch(() => {});
-      if (queue === this.queue && !this.fetching && this.pending === 0) return;
+      if (this.selecting) await this.selecting.promise.catch(() => {});
+      if (queue === this.queue && !this.fetching && !this.selecting && this.pending === 0) return;
     }
   }
 
@@ -345,10 +376,75 @@ export class AnnotationLayer {
     return item ? { id: item.id, draft: false, classKey: item.classKey, version: item.version, author: item.author, areaPx: item.area, geometry: item.geometry } : null;
   }
 
+  /** Select an annotation (or "draft", or null). Resolves to the id once selected. */
   select(id) {
+    this.selecting = null;
+    const item = id === null || id === "draft" ? null : this.items.get(id);
+    if (item?.simplified) return this.selectFull(id);
     this.selected = id;
     this.updateUi();
     this.requestDraw();
+    return Promise.resolve(id);
+  }
+
+  /**
+   * Select an annotation loaded with a simplified outline: fetch its full row (geometry and
+   * version) first, so that no edit, brush, eraser or delete ever starts from the simplified
+   * one. Nothing is selected meanwhile; a later click or selection wins.
+   */
+  selectFull(id) {
+    const token = { id };
+    this.selecting = token;
+    this.selected = null;
+    this.updateUi();
+    this.requestDraw();
+    token.promise = (async () => {
+      let row;
+      try {
+        row = await this.api.get(id);
+      } catch (error) {
+        if (this.selecting !== token) return null;
+        this.selecting = null;
+        if (error instanceof ApiError && error.status === 404) this.onGone(id);
+        else this.showMessage("error", `Could not load the annotation: ${error.message}`);
+        return null;
+      }
+      if (this.selecting !== token) return null;
+      this.selecting = null;
+      const item = this.upsertRow(row);
+      if (item.deleted || this.selected !== null) return null;
+      this.selected = id;
+      this.updateUi();
+      this.requestDraw();
+      return id;
+    })();
+    return token.promise;
+  }
+
+  /** The full row of a loaded annotation that another user changed (the selection). */
+  reloadFull(id) {
+    this.api
+      .get(id)
+      .then((row) => {
+        const have = this.items.get(id);
+        if (have && have.version >= row.version && !have.simplified) return;
+        this.upsertRow(row);
+        if (this.selected === id && !this.items.has(id)) this.selected = null;
+        this.updateUi();
+        this.requestDraw();
+      })
+      .catch(() => {});
+  }
+
+  /**
+   * `?simplify=` for the current zoom: about one screen pixel in level-0 px, rounded down to a
+   * power of two (fetches at nearby zooms ask alike; the outlines are drawn at the same
+   * tolerances), once a screen pixel covers 2 level-0 px or more; 0 (full geometry) closer in.
+   */
+  simplifyTolerance(t = this.transform) {
+    if (!t || !(t.scale > 0)) return 0;
+    const level = Math.floor(Math.log2(1 / t.scale));
+    return level >= 1 ? 2 ** level : 0;
   }
 
   // ---- coordinates ----------------------------------------------------------------------------
@@ -437,29 +533,41 @@ export class AnnotationLayer {
     ];
     if (box[2] <= box[0] || box[3] <= box[1]) return;
     const clampedView = [Math.max(0, view[0]), Math.max(0, view[1]), Math.min(this.width, view[2]), Math.min(this.height, view[3])];
-    if (!force && this.fetched && G.boxContains(this.fetched.box, clampedView) && performance.now() - this.fetched.at < 60000) return;
+    const simplify = this.simplifyTolerance();
+    // Outlines fetched at least as finely as this zoom draws them serve; coarser ones are
+    // fetched again (zooming in past their tolerance brings the full geometry).
+    const fineEnough = (tolerance) => !finer(simplify, tolerance);
+    const fresh = this.fetched && performance.now() - this.fetched.at < 60000;
+    if (!force && fresh && fineEnough(this.fetched.simplify) && G.boxContains(this.fetched.box, clampedView)) return;
     // A slow fetch that already covers the new view is left to finish rather than restarted.
-    if (!force && this.fetching && this.fetchingBox && G.boxContains(this.fetchingBox, clampedView)) return;
+    if (!force && this.fetching && this.fetchingBox && fineEnough(this.fetchingSimplify) && G.boxContains(this.fetchingBox, clampedView)) return;
     if (this.abort) this.abort.abort();
     const abort = new AbortController();
     this.abort = abort;
     this.fetchingBox = box;
+    this.fetchingSimplify = simplify;
     const started = performance.now();
     const seen = new Set();
     const merge = (rows) => {
       for (const row of rows) {
-        const fresh = itemFromRow(row);
+        const fresh = itemFromRow(row, simplify);
         seen.add(fresh.id);
         const have = this.items.get(fresh.id);
         if ((this.tombstones.get(fresh.id) || 0) > started) continue;
-        if (have && (have.version >= fresh.version || have.touched > started)) continue;
+        if (have && (have.version > fresh.version || have.touched > started)) continue;
+        // The same version again: only a finer outline replaces the one loaded.
+        if (have && have.version === fresh.version && !finer(fresh.tolerance, have.tolerance)) continue;
         if (fresh.deleted) continue;
+        if (fresh.simplified && (fresh.id === this.selected || this.draft?.id === fresh.id)) {
+          this.reloadFull(fresh.id); // changed elsewhere; what is being edited stays full
+          continue;
+        }
         this.items.set(fresh.id, fresh);
       }
       this.requestDraw();
     };
     const run = (async () => {
-      await this.api.inView(box, { signal: abort.signal, onPage: merge });
+      await fetchInView(this.apiBase, this.slideId, box, { simplify, signal: abort.signal, onPage: merge });
       for (const [id, item] of this.items) {
         if (seen.has(id) || item.touched > started || this.draft?.id === id) continue;
         if (G.boxesIntersect(item.bbox, box)) this.items.delete(id);
@@ -470,7 +578,7 @@ export class AnnotationLayer {
         }
       }
       if (this.selected !== null && this.selected !== "draft" && !this.items.has(this.selected)) this.selected = null;
-      this.fetched = { box, at: performance.now() };
+      this.fetched = { box, at: performance.now(), simplify };
       this.updateUi();
       this.requestDraw();
     })();
@@ -1583,6 +1691,11 @@ export async function mountAnnotations(viewer, { toolbar = "annotation-toolbar",
     idle: () => layer.idle(),
     selected: () => layer.selectedInfo(),
     select: (id) => layer.select(id),
+    /** How annotation `id` is loaded: {simplified, tolerance, version, vertices}, or null. */
+    loaded: (id) => {
+      const item = layer.items.get(id);
+      return item ? { simplified: item.simplified, tolerance: item.tolerance, version: item.version, vertices: G.vertexCount(item.geometry) } : null;
+    },
     deleteSelected: () => layer.deleteSelected(),
     refresh: () => layer.refresh({ force: true }),
     showAuthor: (author, shown = true) => layer.setAuthorVisible(author, shown),
