@@ -89,27 +89,47 @@ def grant_role(user: AbstractBaseUser, role: str) -> None:
     sync_staff(user)
 
 
-def cases_for(user: AnyUser) -> QuerySet[Case]:
-    """Cases the user may see: those of their labs (every lab for superusers)."""
+def blinded_cases(user: AbstractBaseUser) -> QuerySet | None:
+    """The ids of the cases a user must not see while they read a reader study blind: every case
+    holding an image of an *open* study they read (its ground truth, heat maps, scores, review
+    decisions and names would give their answers away). They see those cases again once the
+    study closes. A subquery, or None when the studies app is not installed."""
+    from django.apps import apps
+
+    try:
+        study_image = apps.get_model("studies", "StudyImage")
+    except LookupError:  # pragma: no cover - the studies app is part of the platform
+        return None
+    # one filter() call: the open study and the reader are the same study
+    return study_image.objects.filter(study__status="open", study__readers__user=user).values(
+        "slide__node__case_id"
+    )
+
+
+def _visible(queryset: QuerySet, user: AnyUser, case_path: str) -> QuerySet:
+    """``queryset`` narrowed to the user's labs (every lab for superusers), less the cases they
+    read blind (:func:`blinded_cases`); ``case_path`` leads from its rows to their case."""
     if not user.is_authenticated or not roles_of(user):
-        return Case.objects.none()
-    if user.is_superuser:
-        return Case.objects.all()
-    return Case.objects.filter(lab__members=user)
+        return queryset.none()
+    if not user.is_superuser:
+        queryset = queryset.filter(**{f"{case_path}lab__members": user})
+    blinded = blinded_cases(user)
+    if blinded is not None:
+        queryset = queryset.exclude(**{f"{case_path}pk__in": blinded})
+    return queryset
+
+
+def cases_for(user: AnyUser) -> QuerySet[Case]:
+    """Cases the user may see: those of their labs (every lab for superusers), except those they
+    read blind in an open reader study."""
+    return _visible(Case.objects.all(), user, "")
 
 
 def nodes_for(user: AnyUser) -> QuerySet[Node]:
-    if not user.is_authenticated or not roles_of(user):
-        return Node.objects.none()
-    if user.is_superuser:
-        return Node.objects.all()
-    return Node.objects.filter(case__lab__members=user)
+    return _visible(Node.objects.all(), user, "case__")
 
 
 def slides_for(user: AnyUser) -> QuerySet[Slide]:
-    """Slides the user may see; one indexed join, cheap enough for every tile request."""
-    if not user.is_authenticated or not roles_of(user):
-        return Slide.objects.none()
-    if user.is_superuser:
-        return Slide.objects.all()
-    return Slide.objects.filter(node__case__lab__members=user)
+    """Slides the user may see; indexed joins, cheap enough for every tile request (whose answer
+    is also remembered per session for a few seconds)."""
+    return _visible(Slide.objects.all(), user, "node__case__")

@@ -46,7 +46,7 @@ from inference.records import GradCam, HeatMap, ScoringRun, TrainingRun
 from review.models import ReviewDecision
 from slides.access import grant_role
 from slides.ingest import register_slide
-from slides.models import Lab, Role
+from slides.models import Case, Lab, Role
 from studies.services import create_study, open_study
 from tests.factories import gradient_image, make_case, write_pyramid_tiff
 from tests.review.factories import make_model_version, score_node
@@ -171,12 +171,18 @@ def _build_world(root: Path) -> World:
     )  # fmt: skip
     score_node(node2, version, 0.1)
     image_version = make_model_version("access-image", stage=IMAGE_STAGE, live=False)
+    # the study's image is a case of its own: its readers do not see the cases they read blind
+    # (tests/studies/test_blinding.py), and the pathologist reads this one
+    study_case = make_case(lab_a, "ACC-A-STUDY", nodes=("node 1",))
+    study_slide = register_slide(
+        node=study_case.nodes.get(), path=_slide_file(root / "study" / "study-a.tiff", seed=3)
+    )
     study = create_study(
         user=users["lab_lead"],
         data={
             "name": "matrix study",
             "lab": lab_a.pk,
-            "images": [slide.pk],
+            "images": [study_slide.pk],
             "readers": [users["pathologist"].pk],
         },
     )
@@ -702,7 +708,7 @@ def test_superuser_reaches_the_admin_site_and_every_lab(world, db):
     client.force_login(root)
     assert client.get("/admin/").status_code == 200
     cases = client.get("/api/cases/").json()["results"]
-    assert {c["accession_number"] for c in cases} == {"ACC-A-1", "ACC-B-1"}
+    assert {c["accession_number"] for c in cases} == {"ACC-A-1", "ACC-A-STUDY", "ACC-B-1"}
 
 
 # ---- lists: only your labs' objects ---------------------------------------------------------------
@@ -723,7 +729,10 @@ def test_lists_hold_only_your_labs_objects(world, db, who, kind):
     listed = _ids(response)
     assert own[kind] in listed and other[kind] not in listed, f"{who} listed {kind}s {listed}"
     if kind == "node":
-        assert {row["case"] for row in response.json()["results"]} == {own["case"]}
+        cases = {row["case"] for row in response.json()["results"]}
+        assert own["case"] in cases and other["case"] not in cases
+        lab = own["lab"]
+        assert all(Case.objects.get(pk=pk).lab_id == lab for pk in cases), cases
 
 
 @pytest.mark.parametrize("who", ["lab_lead", "admin", "outsider_lead", "outsider_admin"])
