@@ -175,8 +175,9 @@ class SlideAnnotations(APIView):
                 float,
                 description=(
                     "tolerance in level-0 px (> 0; about one screen pixel of a zoomed-out view):"
-                    " each outline comes simplified for drawing (shapely, topology-preserving;"
-                    " never invalid or empty, else the stored one) with `simplified` saying"
+                    " each outline comes simplified for drawing (Douglas-Peucker, topology-"
+                    "preserving where that would break it; never invalid or empty, else the"
+                    " stored one) with `simplified` saying"
                     " which; `vertex_count` stays the stored count. Edit from"
                     " `GET /api/annotations/<id>/`, never from a simplified outline"
                 ),
