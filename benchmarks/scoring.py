@@ -48,8 +48,9 @@ and boxes, its batches of single windows), recorded during the run - so that wha
 reading, the tissue mask, preparing pixels and the heat map.
 
 What limits the end-to-end ratio (1 cm², 2 threads, measured): the secondary checks 5 % of the
-tissue windows (~0.5-0.7 s against ~2.5 s for the primary; blocks of 4 x 4 windows where calls
-group, single windows elsewhere); tiles are read in ~0.4 s (stored JPEG tiles decoded by
+tissue windows (~0.5-0.7 s against ~2.5 s for the primary on one machine, ~0.7 s against ~5 s on
+a slower one; blocks of 4 x 4 windows or their 2 x 2 quarters where calls group, single windows
+elsewhere); tiles are read in ~0.4 s (stored JPEG tiles decoded by
 libjpeg-turbo in two threads; the model waits, since its threads already fill both cores); the
 tissue mask takes ~0.2 s (cached when rescoring); the rest (pixels to float, the box sum, the heat
 map) ~0.3 s.
