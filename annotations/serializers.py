@@ -48,10 +48,11 @@ class AnnotationSerializer(serializers.ModelSerializer):
 
 
 class ViewportAnnotationSerializer(AnnotationSerializer):
-    """An annotation as the viewport list gives it. With `?simplify=` (context `simplified`:
-    pk → simplified outline) the geometry may be an outline simplified for a zoomed-out view,
-    marked `simplified: true`, with `vertex_count` still that of the stored outline; without it,
-    exactly `AnnotationSerializer`'s fields."""
+    """An annotation as the viewport list gives it with `?simplify=`: the rows come without their
+    stored geometry (deferred), and context `outlines` (pk → `services.Outline`) gives what to
+    send instead, an outline simplified for a zoomed-out view (`simplified: true`) or the stored
+    one; `vertex_count` is still that of the stored outline, and `repaired_on_import` comes from
+    the row's `repaired` annotation (`source_geometry` is deferred too)."""
 
     simplified = serializers.BooleanField(
         required=False,
@@ -61,15 +62,20 @@ class ViewportAnnotationSerializer(AnnotationSerializer):
     class Meta(AnnotationSerializer.Meta):
         fields = [*AnnotationSerializer.Meta.fields, "simplified"]
 
+    def get_fields(self):
+        fields = super().get_fields()
+        fields.pop("geometry")  # from the outlines: reading the deferred field costs a query a row
+        return fields
+
+    def get_repaired_on_import(self, obj: Annotation) -> bool:
+        return bool(obj.repaired)
+
     def to_representation(self, instance: Annotation) -> dict:
         data = super().to_representation(instance)  # `simplified` is no attribute: left out
-        outlines = self.context.get("simplified")
-        if outlines is not None:
-            outline = outlines.get(instance.pk)
-            data["simplified"] = outline is not None
-            if outline is not None:
-                data["geometry"] = outline
-        return data
+        outline = self.context["outlines"][instance.pk]
+        data["geometry"] = outline.geometry
+        data["simplified"] = outline.simplified
+        return {name: data[name] for name in self.Meta.fields}
 
 
 class AnnotationCreateSerializer(serializers.Serializer):

@@ -159,13 +159,78 @@ def viewport_annotations(
     return drop_non_intersecting(qs, bbox)
 
 
-def simplified_outlines(rows: Sequence[Annotation], *, tolerance: float) -> dict[int, dict]:
-    """pk → the outline to draw at `tolerance` level-0 px, for the rows whose outline gets
-    smaller there (`geometry.simplify_for_view`); the other rows are sent as stored. What is
-    stored is never changed: edits start from the full geometry (`GET /api/annotations/<id>/`)."""
-    detailed = [a for a in rows if a.vertex_count > 3]  # a triangle has nothing to drop
-    shown = simplify_for_view([a.geometry for a in detailed], tolerance=tolerance)
-    return {a.pk: g for a, g in zip(detailed, shown, strict=True) if g is not None}
+@dataclass(frozen=True)
+class Outline:
+    """What a zoomed-out view draws of one annotation: its outline at a tolerance, and whether
+    that is simplified (False: the stored geometry)."""
+
+    geometry: dict
+    simplified: bool
+
+
+def outline_cache_key(annotation: Annotation, tolerance: float) -> str:
+    """One key per annotation, version, time of its last change and tolerance: an edit makes a
+    new version, so a cached outline never outlives the geometry it was made from (the time
+    guards against a row id used again, as SQLite may after a rollback or a restored backup)."""
+    changed = annotation.updated_at.timestamp() if annotation.updated_at else 0.0
+    return f"annotation-outline:{annotation.pk}:{annotation.version}:{changed!r}:{tolerance!r}"
+
+
+def view_outlines(
+    rows: Sequence[Annotation],
+    *,
+    bbox: tuple[float, float, float, float] | None,
+    tolerance: float,
+) -> tuple[list[Annotation], dict[int, Outline]]:
+    """For a zoomed-out view: the rows (loaded without their geometry, see
+    :func:`viewport_queryset`'s callers) whose polygon meets `bbox`, and each one's outline at
+    `tolerance` level-0 px, from the outline cache where it is there (no stored geometry is read
+    or parsed then) and made and cached otherwise. The stored geometry is read, in one query, only
+    for rows not cached and for rows on the viewport's edge, whose exact intersection test needs
+    it (as :func:`drop_non_intersecting` does)."""
+    from django.conf import settings
+    from django.core.cache import cache
+
+    rows = list(rows)
+    keys = {a.pk: outline_cache_key(a, tolerance) for a in rows}
+    cached = cache.get_many(list(keys.values())) if rows else {}
+    edge: set[int] = set()
+    if bbox is not None:
+        x0, y0, x1, y1 = bbox
+        edge = {
+            a.pk
+            for a in rows
+            if not (a.min_x >= x0 and a.max_x <= x1 and a.min_y >= y0 and a.max_y <= y1)
+        }
+    wanted = edge | {pk for pk, key in keys.items() if key not in cached}
+    stored = dict(Annotation.objects.filter(pk__in=wanted).values_list("pk", "geometry"))
+    if edge and bbox is not None:
+        order = sorted(edge)
+        shapes = shapely.from_geojson([json.dumps(stored[pk]) for pk in order])
+        hits = shapely.intersects(shapes, shapely.box(*bbox))
+        missed = {pk for pk, hit in zip(order, hits, strict=True) if not hit}
+        rows = [a for a in rows if a.pk not in missed]
+    missing = [a for a in rows if keys[a.pk] not in cached]
+    outlines = {
+        pk: Outline(**cached[keys[pk]]) for pk in (a.pk for a in rows) if keys[pk] in cached
+    }
+    if missing:
+        detailed = [a for a in missing if a.vertex_count > 3]  # a triangle has nothing to drop
+        shown = dict(
+            zip(
+                (a.pk for a in detailed),
+                simplify_for_view([stored[a.pk] for a in detailed], tolerance=tolerance),
+                strict=True,
+            )
+        )
+        made = {}
+        for a in missing:
+            simple = shown.get(a.pk)
+            outline = Outline(geometry=simple or stored[a.pk], simplified=simple is not None)
+            outlines[a.pk] = outline
+            made[keys[a.pk]] = {"geometry": outline.geometry, "simplified": outline.simplified}
+        cache.set_many(made, timeout=settings.ANNOTATION_OUTLINE_CACHE_SECONDS)
+    return rows, outlines
 
 
 # ---- single annotations -------------------------------------------------------------------------

@@ -8,7 +8,7 @@ HTTP to the service functions in `services` and `formats`.
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from django.db.models import QuerySet
+from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
 from django.http import Http404, HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -218,13 +218,24 @@ class SlideAnnotations(APIView):
         # so a page can hold fewer rows than `limit` and `count` is an upper bound. Clients follow
         # `next` until it is null.
         paginator = AnnotationPagination()
-        page = services.drop_non_intersecting(
-            paginator.paginate_queryset(candidates, request, view=self), bbox
-        )
         if tolerance is None:
+            page = services.drop_non_intersecting(
+                paginator.paginate_queryset(candidates, request, view=self), bbox
+            )
             return paginator.get_paginated_response(AnnotationSerializer(page, many=True).data)
-        outlines = services.simplified_outlines(page, tolerance=tolerance)
-        rows = ViewportAnnotationSerializer(page, many=True, context={"simplified": outlines})
+        # Zoomed out: the rows without their stored outlines, which are the cost there (reading
+        # and parsing them); cached simplified outlines instead (services.view_outlines).
+        candidates = candidates.defer("geometry", "source_geometry").annotate(
+            repaired=ExpressionWrapper(
+                Q(source_geometry__isnull=False), output_field=BooleanField()
+            )
+        )
+        page, outlines = services.view_outlines(
+            paginator.paginate_queryset(candidates, request, view=self),
+            bbox=bbox,
+            tolerance=tolerance,
+        )
+        rows = ViewportAnnotationSerializer(page, many=True, context={"outlines": outlines})
         return paginator.get_paginated_response(rows.data)
 
     @extend_schema(

@@ -9,8 +9,9 @@ at several zoom levels (1, 4, 16 and 64 level-0 px per screen px) are requested 
 `GET /api/slides/<id>/annotations/?bbox=x0,y0,x1,y1` through Django's WSGI handler (middleware,
 session authentication, routing, the view, serialisation of the first page), as gunicorn would.
 Zoomed out (4 level-0 px per screen px and more) each viewport is also requested as the viewer
-asks for it there, with `&simplify=<level-0 px per screen px>`, right after the plain request:
-time and body size with and without, and their ratio.
+asks for it there, with `&simplify=<level-0 px per screen px>`, right after the plain request,
+and then once more (the outlines now cached, as for another viewer of the slide): time and body
+size with and without, and their ratios.
 
 Database: PostgreSQL when it can be had (the server of `DATABASE_URL` if that is PostgreSQL, else
 postgres://postgres@127.0.0.1:5432), in a throw-away database `nodescope_bench`; otherwise SQLite,
@@ -313,7 +314,7 @@ def main() -> None:
     for zoom in ZOOMS:
         w, h = SCREEN[0] * zoom, SCREEN[1] * zoom
         times, service, paged, counts, sizes = [], [], [], [], []
-        simple_times, simple_sizes = [], []
+        simple_times, simple_sizes, warm_times = [], [], []
         for _ in range(per_zoom[zoom]):
             slide = slides[int(rng.integers(len(slides)))]
             x0 = float(rng.uniform(0, max(1, slide.width - w)))
@@ -333,6 +334,13 @@ def main() -> None:
                 simple_times.append(time.perf_counter() - t)
                 assert status.startswith("200"), (status, simple[:300])
                 simple_sizes.append(len(simple))
+                # the same view again (another viewer, or panning back): outlines from the cache
+                t = time.perf_counter()
+                status, _headers, again = client.get(
+                    f"/api/slides/{slide.pk}/annotations/", f"{query}&simplify={zoom}"
+                )
+                warm_times.append(time.perf_counter() - t)
+                assert status.startswith("200") and again == simple, status
             t = time.perf_counter()  # the same query without HTTP, auth and serialisation
             viewport_annotations(slide=slide, bbox=(x0, y0, x0 + w, y0 + h))
             service.append(time.perf_counter() - t)
@@ -360,6 +368,10 @@ def main() -> None:
                 "median_kb": round(statistics.median(simple_sizes) / 1024, 1),
                 "p50_ratio": round(statistics.median(ms) / statistics.median(simple_ms), 2),
                 "kb_ratio": round(statistics.median(sizes) / statistics.median(simple_sizes), 2),
+                "cached_p50_ms": round(statistics.median(warm_times) * 1000, 2),
+                "cached_p50_ratio": round(
+                    statistics.median(times) / statistics.median(warm_times), 2
+                ),
             }
         results["zooms"][str(zoom)] = entry
         print(
@@ -374,7 +386,8 @@ def main() -> None:
             print(
                 f"    with simplify={zoom}: p50 {simple['p50_ms']:8.2f} ms  p95 {simple['p95_ms']:8.2f} ms,"
                 f" body {simple['median_kb']:,} kB: {simple['p50_ratio']}x faster (p50),"
-                f" {simple['kb_ratio']}x smaller"
+                f" {simple['kb_ratio']}x smaller; the same view again (outlines cached): p50"
+                f" {simple['cached_p50_ms']:.2f} ms, {simple['cached_p50_ratio']}x faster"
             )
     results["p50_ms"] = round(statistics.median(everything), 2)
     results["p95_ms"] = round(percentile(everything, 95), 2)

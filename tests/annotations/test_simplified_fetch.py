@@ -170,3 +170,75 @@ def test_simplify_pages_and_filters_like_the_list(people, big_slide, outlines):
     assert outlines["detailed"].pk not in live
     everything = listed(client, big_slide, "&simplify=8&deleted=1")
     assert everything[outlines["detailed"].pk]["simplified"] is True
+
+
+def _selects_geometry(queries) -> list[str]:
+    """The SQL of `queries` that read the stored outline column of annotations."""
+    return [q["sql"] for q in queries if '"geometry"' in q["sql"] and "SELECT" in q["sql"]]
+
+
+def test_zoomed_out_views_read_no_stored_outline_once_cached(people, big_slide, outlines):
+    """The stored outlines (reading and parsing them is what a zoomed-out fetch costs) are read
+    once, in one query, and then come from the outline cache: the same answer without touching
+    them; the queries do not grow with the rows (no query per row)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = client_for(people.pathologist)
+    with CaptureQueriesContext(connection) as first:
+        cold = listed(client, big_slide, "&simplify=32")
+    assert len(_selects_geometry(first.captured_queries)) == 1
+    with CaptureQueriesContext(connection) as second:
+        warm = listed(client, big_slide, "&simplify=32")
+    assert warm == cold
+    assert _selects_geometry(second.captured_queries) == []
+    # twice the rows, the same number of queries
+    for i in range(4):
+        services.create_annotation(
+            slide=big_slide,
+            user=people.pathologist,
+            geometry=wobbly_circle(3000 + 3000 * i, 16000, 800, n=600, seed=10 + i),
+            label_class="tumour",
+        )
+    with CaptureQueriesContext(connection) as more:
+        assert len(listed(client, big_slide, "&simplify=32")) == 8
+    assert len(more.captured_queries) == len(first.captured_queries)
+
+
+def test_an_edit_is_drawn_at_once_not_a_cached_outline(people, big_slide, outlines):
+    client = client_for(people.pathologist)
+    detailed = outlines["detailed"]
+    before = listed(client, big_slide, "&simplify=16")[detailed.pk]
+    moved = wobbly_circle(9000, 4000, 1500, seed=5)
+    response = client.patch(
+        f"/api/annotations/{detailed.pk}/",
+        {"version": detailed.version, "geometry": moved},
+        content_type="application/json",
+    )
+    assert response.status_code == 200, response.content
+    after = listed(client, big_slide, "&simplify=16")[detailed.pk]
+    assert after["version"] == before["version"] + 1
+    assert shape(after["geometry"]).hausdorff_distance(shape(moved)) <= 16
+    assert shape(after["geometry"]).distance(shape(before["geometry"])) > 0  # elsewhere now
+
+
+def test_outlines_on_the_viewports_edge_are_tested_exactly(people, big_slide, label_classes):
+    """An L-shape whose box meets the viewport but whose outline does not is left out, as
+    without simplify; one that reaches in is kept (both read their stored outline for the test)."""
+    ell = {
+        "type": "Polygon",
+        "coordinates": [
+            [[0, 0], [4000, 0], [4000, 500], [500, 500], [500, 4000], [0, 4000], [0, 0]]
+        ],
+    }
+    inside = wobbly_circle(3000, 3000, 300, n=400, seed=7)
+    for geometry in (ell, inside):
+        services.create_annotation(
+            slide=big_slide, user=people.pathologist, geometry=geometry, label_class="tumour"
+        )
+    client = client_for(people.pathologist)
+    url = f"/api/slides/{big_slide.pk}/annotations/?bbox=1000,1000,3600,3600"
+    for query in ("", "&simplify=8", "&simplify=8"):  # the last one from the outline cache
+        rows = client.get(url + query).json()["results"]
+        assert [vertex_count(r["geometry"]) > 0 for r in rows] == [True]
+        assert rows[0]["vertex_count"] == 400
