@@ -85,12 +85,14 @@ export function annotationApi(slideId, { base = "/api" } = {}) {
 
     /**
      * Every live annotation whose polygon meets `bbox` (follows pagination; `onPage(rows)` sees
-     * each page as it arrives, so a large view fills in progressively).
+     * each page as it arrives, so a large view fills in progressively). `simplify` (level-0 px,
+     * 0 = none) asks for outlines simplified for a zoomed-out view, marked `simplified`.
      */
-    async inView(bbox, { signal, author, labelClass, onPage = null } = {}) {
+    async inView(bbox, { signal, author, labelClass, simplify = 0, onPage = null } = {}) {
       const params = new URLSearchParams({ bbox: bbox.map((v) => Math.round(v)).join(",") });
       if (author) params.set("author", author);
       if (labelClass) params.set("class", labelClass);
+      if (simplify > 0) params.set("simplify", String(simplify));
       let url = `${base}/slides/${slideId}/annotations/?${params}`;
       const rows = [];
       for (let page = 0; url && page < 200; page++) {

@@ -27,7 +27,7 @@
  * `window.nodescopeAnnotations` exposes a small API (tool, setClass, count, undo, redo, idle…).
  */
 import OpenSeadragon from "openseadragon";
-import { annotationApi, ApiError, listOf, request } from "./annotate-api.js";
+import { annotationApi, ApiError } from "./annotate-api.js";
 import * as G from "./annotate-geometry.js";
 
 export const TOOLS = [
@@ -82,21 +82,6 @@ function copyParts(parts) {
   return parts.map((rings) => rings.map((ring) => ring.map((p) => [p[0], p[1]])));
 }
 
-/**
- * Every live annotation meeting `bbox`, as `annotationApi().inView` fetches them (all pages,
- * `onPage` sees each), with `simplify` (level-0 px; 0 = full geometry) for a zoomed-out view.
- */
-async function fetchInView(base, slideId, bbox, { simplify = 0, signal, onPage }) {
-  const params = new URLSearchParams({ bbox: bbox.map((v) => Math.round(v)).join(",") });
-  if (simplify > 0) params.set("simplify", String(simplify));
-  let url = `${base}/slides/${slideId}/annotations/?${params}`;
-  for (let n = 0; url && n < 200; n++) {
-    const data = await request("GET", url, { signal });
-    onPage(listOf(data));
-    url = data && !Array.isArray(data) && data.next ? data.next : null;
-  }
-}
-
 /** Is an outline fetched at tolerance `a` finer than one at `b`? (0 = full geometry) */
 function finer(a, b) {
   return b !== 0 && (a === 0 || a < b);
@@ -137,7 +122,6 @@ export class AnnotationLayer {
     this.mpp = this.info.mpp ? Number(this.info.mpp) : null;
     this.user = user;
     this.api = annotationApi(this.slideId, { base: apiBase });
-    this.apiBase = apiBase;
     this.selecting = null; // {id, promise} while a simplified annotation's full row loads
     this.toolbar = toolbar;
 
@@ -567,7 +551,7 @@ export class AnnotationLayer {
       this.requestDraw();
     };
     const run = (async () => {
-      await fetchInView(this.apiBase, this.slideId, box, { simplify, signal: abort.signal, onPage: merge });
+      await this.api.inView(box, { simplify, signal: abort.signal, onPage: merge });
       for (const [id, item] of this.items) {
         if (seen.has(id) || item.touched > started || this.draft?.id === id) continue;
         if (G.boxesIntersect(item.bbox, box)) this.items.delete(id);
