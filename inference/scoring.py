@@ -1464,10 +1464,12 @@ _DECODE_POOL: ThreadPoolExecutor | None = None
 
 
 def _decode_pool() -> ThreadPoolExecutor:
-    """Threads that decode stored tiles for :meth:`SlideReader.warm`, one per core (at most 4)."""
+    """Threads that decode stored tiles for :meth:`SlideReader.warm`, one per core (at most 16:
+    on a GPU worker the cores have nothing else to do while the GPU runs the model; on a CPU
+    worker the scan waits for its reads, so the model never competes with them)."""
     global _DECODE_POOL  # noqa: PLW0603 - one pool per process, made on first use
     if _DECODE_POOL is None:
-        workers = max(1, min(4, os.cpu_count() or 1))
+        workers = max(1, min(16, os.cpu_count() or 1))
         _DECODE_POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tile-decode")
     return _DECODE_POOL
 
