@@ -193,6 +193,7 @@ def view_outlines(
 
     rows = list(rows)
     keys = {a.pk: outline_cache_key(a, tolerance) for a in rows}
+    versions = {a.pk: a.version for a in rows}
     cached = cache.get_many(list(keys.values())) if rows else {}
     edge: set[int] = set()
     if bbox is not None:
@@ -203,7 +204,15 @@ def view_outlines(
             if not (a.min_x >= x0 and a.max_x <= x1 and a.min_y >= y0 and a.max_y <= y1)
         }
     wanted = edge | {pk for pk, key in keys.items() if key not in cached}
-    stored = dict(Annotation.objects.filter(pk__in=wanted).values_list("pk", "geometry"))
+    stored, changed = {}, set()
+    for pk, version, geometry in Annotation.objects.filter(pk__in=wanted).values_list(
+        "pk", "version", "geometry"
+    ):
+        stored[pk] = geometry
+        if version != versions[pk]:  # edited since the page was read
+            changed.add(pk)
+    rows = [a for a in rows if a.pk in stored or a.pk not in wanted]  # deleted since: left out
+    edge &= set(stored)
     if edge and bbox is not None:
         order = sorted(edge)
         shapes = shapely.from_geojson([json.dumps(stored[pk]) for pk in order])
@@ -228,7 +237,8 @@ def view_outlines(
             simple = shown.get(a.pk)
             outline = Outline(geometry=simple or stored[a.pk], simplified=simple is not None)
             outlines[a.pk] = outline
-            made[keys[a.pk]] = {"geometry": outline.geometry, "simplified": outline.simplified}
+            if a.pk not in changed:  # never an outline under a version it was not made from
+                made[keys[a.pk]] = {"geometry": outline.geometry, "simplified": outline.simplified}
         cache.set_many(made, timeout=settings.ANNOTATION_OUTLINE_CACHE_SECONDS)
     return rows, outlines
 

@@ -242,3 +242,32 @@ def test_outlines_on_the_viewports_edge_are_tested_exactly(people, big_slide, la
         rows = client.get(url + query).json()["results"]
         assert [vertex_count(r["geometry"]) > 0 for r in rows] == [True]
         assert rows[0]["vertex_count"] == 400
+
+
+def test_rows_changed_or_removed_between_the_two_reads_are_not_cached_or_sent(
+    people, big_slide, outlines
+):
+    """The page is read first, the stored outlines second: an outline edited in between is drawn
+    as it now is but not cached under the version the page saw, and a row removed in between
+    is left out (no error)."""
+    from django.core.cache import cache
+
+    page = list(
+        services.viewport_queryset(slide=big_slide, bbox=(0, 0, 20000, 20000)).defer("geometry")
+    )
+    detailed, square_row = outlines["detailed"], outlines["square"]
+    moved = wobbly_circle(9000, 4000, 1500, seed=6)
+    services.update_annotation(
+        annotation=Annotation.objects.get(pk=detailed.pk),
+        user=people.pathologist,
+        expected_version=detailed.version,
+        geometry=moved,
+    )
+    Annotation.objects.filter(pk=square_row.pk).delete()
+    rows, drawn = services.view_outlines(page, bbox=(0, 0, 20000, 20000), tolerance=16)
+    assert square_row.pk not in {a.pk for a in rows} and square_row.pk not in drawn
+    assert shape(drawn[detailed.pk].geometry).hausdorff_distance(shape(moved)) <= 16
+    stale = next(a for a in page if a.pk == detailed.pk)
+    assert cache.get(services.outline_cache_key(stale, 16)) is None
+    holed = next(a for a in page if a.pk == outlines["holed"].pk)
+    assert cache.get(services.outline_cache_key(holed, 16))["simplified"] is True
