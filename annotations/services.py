@@ -182,56 +182,38 @@ def view_outlines(
     bbox: tuple[float, float, float, float] | None,
     tolerance: float,
 ) -> tuple[list[Annotation], dict[int, Outline]]:
-    """For a zoomed-out view: the rows (loaded without their geometry, see
-    :func:`viewport_queryset`'s callers) whose polygon meets `bbox`, and each one's outline at
-    `tolerance` level-0 px, from the outline cache where it is there (no stored geometry is read
-    or parsed then) and made and cached otherwise. The stored geometry is read, in one query, only
-    for rows not cached and for rows on the viewport's edge, whose exact intersection test needs
-    it (as :func:`drop_non_intersecting` does)."""
+    """For a zoomed-out view: each row's outline at `tolerance` level-0 px, and the rows (loaded
+    without their geometry, see the list view) whose outline as sent meets `bbox`.
+
+    Outlines come from the outline cache where they are there, so no stored geometry is read or
+    parsed for them; the others are made from their stored geometry, read in one query, and
+    cached. Rows on the viewport's edge (their box is not inside it) are tested against the
+    outline sent, which lies within `tolerance` of the stored one: the view gets what it draws
+    in view. A row edited between the two reads is drawn as it now is but not cached under the
+    version the page saw; a row removed in between is left out."""
     from django.conf import settings
     from django.core.cache import cache
 
     rows = list(rows)
     keys = {a.pk: outline_cache_key(a, tolerance) for a in rows}
-    versions = {a.pk: a.version for a in rows}
     cached = cache.get_many(list(keys.values())) if rows else {}
-    edge: set[int] = set()
-    if bbox is not None:
-        x0, y0, x1, y1 = bbox
-        edge = {
-            a.pk
-            for a in rows
-            if not (a.min_x >= x0 and a.max_x <= x1 and a.min_y >= y0 and a.max_y <= y1)
-        }
-    wanted = edge | {pk for pk, key in keys.items() if key not in cached}
-    stored, changed = {}, set()
-    for pk, version, geometry in Annotation.objects.filter(pk__in=wanted).values_list(
-        "pk", "version", "geometry"
-    ):
-        stored[pk] = geometry
-        if version != versions[pk]:  # edited since the page was read
-            changed.add(pk)
-    rows = [a for a in rows if a.pk in stored or a.pk not in wanted]  # deleted since: left out
-    edge &= set(stored)
-    if edge and bbox is not None:
-        order = sorted(edge)
-        shapes = shapely.from_geojson([json.dumps(stored[pk]) for pk in order])
-        hits = shapely.intersects(shapes, shapely.box(*bbox))
-        missed = {pk for pk, hit in zip(order, hits, strict=True) if not hit}
-        rows = [a for a in rows if a.pk not in missed]
     missing = [a for a in rows if keys[a.pk] not in cached]
-    outlines = {
-        pk: Outline(**cached[keys[pk]]) for pk in (a.pk for a in rows) if keys[pk] in cached
-    }
+    stored, changed = {}, set()
+    if missing:
+        versions = {a.pk: a.version for a in missing}
+        for pk, version, geometry in Annotation.objects.filter(pk__in=versions).values_list(
+            "pk", "version", "geometry"
+        ):
+            stored[pk] = geometry
+            if version != versions[pk]:  # edited since the page was read
+                changed.add(pk)
+        rows = [a for a in rows if a.pk in stored or keys[a.pk] in cached]  # removed: left out
+        missing = [a for a in missing if a.pk in stored]
+    outlines = {a.pk: Outline(**cached[keys[a.pk]]) for a in rows if keys[a.pk] in cached}
     if missing:
         detailed = [a for a in missing if a.vertex_count > 3]  # a triangle has nothing to drop
-        shown = dict(
-            zip(
-                (a.pk for a in detailed),
-                simplify_for_view([stored[a.pk] for a in detailed], tolerance=tolerance),
-                strict=True,
-            )
-        )
+        simplified = simplify_for_view([stored[a.pk] for a in detailed], tolerance=tolerance)
+        shown = dict(zip((a.pk for a in detailed), simplified, strict=True))
         made = {}
         for a in missing:
             simple = shown.get(a.pk)
@@ -240,7 +222,19 @@ def view_outlines(
             if a.pk not in changed:  # never an outline under a version it was not made from
                 made[keys[a.pk]] = {"geometry": outline.geometry, "simplified": outline.simplified}
         cache.set_many(made, timeout=settings.ANNOTATION_OUTLINE_CACHE_SECONDS)
-    return rows, outlines
+    if bbox is not None:
+        x0, y0, x1, y1 = bbox
+        edge = [
+            a.pk
+            for a in rows
+            if not (a.min_x >= x0 and a.max_x <= x1 and a.min_y >= y0 and a.max_y <= y1)
+        ]
+        if edge:
+            shapes = shapely.from_geojson([json.dumps(outlines[pk].geometry) for pk in edge])
+            hits = shapely.intersects(shapes, shapely.box(x0, y0, x1, y1))
+            missed = {pk for pk, hit in zip(edge, hits, strict=True) if not hit}
+            rows = [a for a in rows if a.pk not in missed]
+    return rows, {a.pk: outlines[a.pk] for a in rows}
 
 
 # ---- single annotations -------------------------------------------------------------------------

@@ -178,8 +178,9 @@ class SlideAnnotations(APIView):
                     " each outline comes simplified for drawing (Douglas-Peucker, topology-"
                     "preserving where that would break it; never invalid or empty, else the"
                     " stored one) with `simplified` saying"
-                    " which; `vertex_count` stays the stored count. Edit from"
-                    " `GET /api/annotations/<id>/`, never from a simplified outline"
+                    " which; `vertex_count` stays the stored count; the rows are those whose"
+                    " outline as sent meets bbox. Edit from `GET /api/annotations/<id>/`,"
+                    " never from a simplified outline"
                 ),
             ),
             OpenApiParameter("limit", int),
