@@ -47,6 +47,19 @@ class AnnotationSerializer(serializers.ModelSerializer):
         return obj.source_geometry is not None
 
 
+class _OutlineGeometryField(serializers.JSONField):
+    """The outline sent for a row (context `outlines`: pk → `services.Outline`), not its stored
+    geometry, which the zoomed-out list does not load."""
+
+    def get_attribute(self, instance: Annotation):
+        return self.context["outlines"][instance.pk].geometry
+
+
+class _OutlineSimplifiedField(serializers.BooleanField):
+    def get_attribute(self, instance: Annotation) -> bool:
+        return self.context["outlines"][instance.pk].simplified
+
+
 class ViewportAnnotationSerializer(AnnotationSerializer):
     """An annotation as the viewport list gives it with `?simplify=`: the rows come without their
     stored geometry (deferred), and context `outlines` (pk → `services.Outline`) gives what to
@@ -54,28 +67,17 @@ class ViewportAnnotationSerializer(AnnotationSerializer):
     one; `vertex_count` is still that of the stored outline, and `repaired_on_import` comes from
     the row's `repaired` annotation (`source_geometry` is deferred too)."""
 
-    simplified = serializers.BooleanField(
-        required=False,
+    geometry = _OutlineGeometryField(read_only=True)
+    simplified = _OutlineSimplifiedField(
+        required=False,  # sent only with ?simplify= (the list without it has no such field)
         help_text="Only with ?simplify=: the geometry is simplified for drawing (not for editing)",
     )
 
     class Meta(AnnotationSerializer.Meta):
         fields = [*AnnotationSerializer.Meta.fields, "simplified"]
 
-    def get_fields(self):
-        fields = super().get_fields()
-        fields.pop("geometry")  # from the outlines: reading the deferred field costs a query a row
-        return fields
-
     def get_repaired_on_import(self, obj: Annotation) -> bool:
         return bool(obj.repaired)
-
-    def to_representation(self, instance: Annotation) -> dict:
-        data = super().to_representation(instance)  # `simplified` is no attribute: left out
-        outline = self.context["outlines"][instance.pk]
-        data["geometry"] = outline.geometry
-        data["simplified"] = outline.simplified
-        return {name: data[name] for name in self.Meta.fields}
 
 
 class AnnotationCreateSerializer(serializers.Serializer):
