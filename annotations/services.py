@@ -10,7 +10,7 @@ never both win, whatever the isolation level.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import shapely
@@ -116,10 +116,14 @@ def viewport_queryset(
 
 
 def drop_non_intersecting(
-    rows: Sequence[Annotation], bbox: tuple[float, float, float, float] | None
+    rows: Sequence[Annotation],
+    bbox: tuple[float, float, float, float] | None,
+    *,
+    geometry_of: Callable[[Annotation], Mapping] | None = None,
 ) -> list[Annotation]:
     """Drop rows whose bbox meets the viewport but whose polygon does not (an L-shape round a
-    corner). Rows whose bbox lies inside the viewport skip the shapely test."""
+    corner). Rows whose bbox lies inside the viewport skip the shapely test. The polygon tested
+    is the stored one, or what ``geometry_of(row)`` gives (the outline a zoomed-out view sends)."""
     rows = list(rows)
     if bbox is None:
         return rows
@@ -128,7 +132,8 @@ def drop_non_intersecting(
         a for a in rows if not (a.min_x >= x0 and a.max_x <= x1 and a.min_y >= y0 and a.max_y <= y1)
     ]
     if edge:
-        shapes = shapely.from_geojson([json.dumps(a.geometry) for a in edge])
+        geometry_of = geometry_of or (lambda a: a.geometry)
+        shapes = shapely.from_geojson([json.dumps(geometry_of(a)) for a in edge])
         hits = shapely.intersects(shapes, shapely.box(x0, y0, x1, y1))
         missed = {a.pk for a, hit in zip(edge, hits, strict=True) if not hit}
         rows = [a for a in rows if a.pk not in missed]
@@ -222,18 +227,7 @@ def view_outlines(
             if a.pk not in changed:  # never an outline under a version it was not made from
                 made[keys[a.pk]] = {"geometry": outline.geometry, "simplified": outline.simplified}
         cache.set_many(made, timeout=settings.ANNOTATION_OUTLINE_CACHE_SECONDS)
-    if bbox is not None:
-        x0, y0, x1, y1 = bbox
-        edge = [
-            a.pk
-            for a in rows
-            if not (a.min_x >= x0 and a.max_x <= x1 and a.min_y >= y0 and a.max_y <= y1)
-        ]
-        if edge:
-            shapes = shapely.from_geojson([json.dumps(outlines[pk].geometry) for pk in edge])
-            hits = shapely.intersects(shapes, shapely.box(x0, y0, x1, y1))
-            missed = {pk for pk, hit in zip(edge, hits, strict=True) if not hit}
-            rows = [a for a in rows if a.pk not in missed]
+    rows = drop_non_intersecting(rows, bbox, geometry_of=lambda a: outlines[a.pk].geometry)
     return rows, {a.pk: outlines[a.pk] for a in rows}
 
 

@@ -98,10 +98,11 @@ def blinded_cases(user: AbstractBaseUser) -> QuerySet | None:
 
     try:
         study_image = apps.get_model("studies", "StudyImage")
+        open_status = apps.get_model("studies", "ReaderStudy").Status.OPEN
     except LookupError:  # pragma: no cover - the studies app is part of the platform
         return None
     # one filter() call: the open study and the reader are the same study
-    return study_image.objects.filter(study__status="open", study__readers__user=user).values(
+    return study_image.objects.filter(study__status=open_status, study__readers__user=user).values(
         "slide__node__case_id"
     )
 
