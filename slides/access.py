@@ -134,3 +134,19 @@ def slides_for(user: AnyUser) -> QuerySet[Slide]:
     """Slides the user may see; indexed joins, cheap enough for every tile request (whose answer
     is also remembered per session for a few seconds)."""
     return _visible(Slide.objects.all(), user, "node__case__")
+
+
+# ---- platform-wide models -----------------------------------------------------------------------
+
+#: Who may change the live models: said on the Models page and in refusals.
+PROMOTERS = "platform operators (superusers and holders of the platform admin role)"
+
+
+def may_promote_models(user: AnyUser) -> bool:
+    """True if ``user`` may change what every lab screens with: promote or roll back a live model,
+    choose a model's operating point, cancel another user's training run. The live model is
+    platform-wide (one per stage for every lab), so this is a platform role, not a lab one: lab
+    admins train on their own labs' data but do not put a model live."""
+    if not user.is_authenticated or not user.is_active:
+        return False
+    return bool(user.is_superuser) or Role.PLATFORM_ADMIN in roles_of(user)

@@ -14,6 +14,9 @@ class Role(models.TextChoices):
     PATHOLOGIST = "pathologist", "Pathologist"
     LAB_LEAD = "lab lead", "Lab lead"
     ADMIN = "admin", "Admin"
+    #: Platform operator: promotes and rolls back the live models every lab screens with, and
+    #: chooses their operating points (see slides.access.may_promote_models). Held with admin.
+    PLATFORM_ADMIN = "platform admin", "Platform admin"
 
 
 class Lab(models.Model):
