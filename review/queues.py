@@ -209,6 +209,48 @@ def _at_or_above(value: float, threshold: float | None) -> bool:
     return threshold is not None and value >= threshold
 
 
+def _required(value: float, threshold: float | None) -> bool:
+    """Whether the safety rule wants a region of this score opened before a negative
+    confirmation: at or above the threshold, and every region when there is no threshold (without
+    one nothing is negative-screened, so the rule never turns itself off)."""
+    return threshold is None or value >= threshold
+
+
+def slide_regions(slides: Iterable[Slide]) -> list[Region]:
+    """The regions of a node the live model has not scored (no live model, no score yet, or only
+    scores of an older model): each of its slides as a whole, all required. Nothing then says
+    where tumour would be, so the person deciding opens every slide (zoomed in) before a negative
+    confirmation."""
+    regions = []
+    for slide in slides:
+        mpp = (
+            (slide.mpp_x + slide.mpp_y) / 2
+            if slide.mpp_x and slide.mpp_y
+            else (slide.mpp_x or slide.mpp_y)
+        )
+        regions.append(
+            Region(
+                f"sl{slide.pk}",
+                slide.pk,
+                None,
+                None,
+                None,
+                0.0,
+                True,
+                zoom=viewer_zoom(magnification=slide.magnification, mpp=mpp),
+            )
+        )
+    return regions
+
+
+def review_regions(node: Node, score: NodeScore | None, threshold: float | None) -> list[Region]:
+    """The regions the safety rule asks about for `node`: its score's (:func:`regions_for`), or
+    each of its slides when the live model has not scored it (:func:`slide_regions`)."""
+    if score is not None:
+        return regions_for(score, threshold=threshold)
+    return slide_regions(node.slides.order_by("name", "id"))
+
+
 def regions_for_scores(
     scores: Sequence[NodeScore], *, thresholds: dict[int, float | None]
 ) -> dict[int, list[Region]]:
@@ -265,7 +307,7 @@ def regions_for_scores(
                 score.max_x,
                 score.max_y,
                 score.score,
-                _at_or_above(score.score, threshold),
+                _required(score.score, threshold),
                 size_px=region_side(score.max_heatmap.window_px if hm_id else None),
             )
         for slide_id, hm in maps.get(node_id, {}).items():
@@ -281,14 +323,14 @@ def regions_for_scores(
                     hm["max_x"],
                     hm["max_y"],
                     hm["max_score"],
-                    _at_or_above(hm["max_score"], threshold),
+                    _required(hm["max_score"], threshold),
                     size_px=region_side(hm["window_px"]),
                 ),
             )
         for provider in REGION_PROVIDERS:
             for region in provider(score, threshold):
                 regions.setdefault(region.key, region)
-        if not any(r.required for r in regions.values()) and _at_or_above(score.score, threshold):
+        if not any(r.required for r in regions.values()) and _required(score.score, threshold):
             # Screened positive with nowhere to point at: opening the node's slide is the region.
             key = region_key(heatmap_id=None, score_id=score.pk, x=None, y=None)
             regions[key] = Region(
@@ -436,8 +478,12 @@ def build_rows(
     seen = viewed_keys(node_ids=[n.pk for n in nodes], user=user) if regions else {}
     rows = []
     for i, node in enumerate(nodes, start=1):
-        node_regions = region_map.get(node.pk, [])
         slides = list(node.slides.all())
+        node_regions = (
+            region_map.get(node.pk, [])
+            if node.rv_score_id
+            else (slide_regions(slides) if regions else [])
+        )
         slide = next((s for s in slides if node_regions and s.pk == node_regions[0].slide_id), None)
         rows.append(
             QueueRow(

@@ -54,6 +54,7 @@ from .queues import (
     latest_score,
     live_primary,
     regions_for,
+    review_regions,
     with_review_state,
 )
 
@@ -217,16 +218,27 @@ def decide(
                 )
         score = latest_score(node, version)
         threshold = effective_threshold(score, version)
-        regions = regions_for(score, threshold=threshold)
+        regions = review_regions(node, score, threshold)
         seen = set(
             ViewedRegion.objects.filter(node=node, user=user).values_list("region_key", flat=True)
         )
         rule = lab_settings(case.lab).require_region_views
         missing = [r for r in regions if r.required and r.key not in seen]
         if status == ReviewStatus.CONFIRMED_NEGATIVE and rule and missing:
+            if score is None:
+                what = (
+                    "the live model has not scored it, so open each of its slides in the viewer, "
+                    "zoomed in,"
+                )
+            elif threshold is None:
+                what = (
+                    "the live model has no locked threshold, so every region counts: open each "
+                    "region in the viewer"
+                )
+            else:
+                what = "open each region at or above the threshold in the viewer"
             raise ReviewRefused(
-                f"node {node.label!r} cannot be confirmed negative yet: open each region at or above "
-                f"the threshold in the viewer first ({len(missing)} of "
+                f"node {node.label!r} cannot be confirmed negative yet: {what} first ({len(missing)} of "
                 f"{sum(r.required for r in regions)} not viewed: {', '.join(r.key for r in missing)})",
                 code="regions_not_viewed",
                 regions=[
@@ -289,10 +301,11 @@ def decide(
 
 
 def node_regions(node: Node) -> list[Region]:
-    """The node's regions under the live primary model (required ones at or above its threshold)."""
+    """The node's regions under the live primary model (required: at or above its threshold, all
+    of them without a threshold, each slide as a whole when the live model has not scored it)."""
     version = live_primary()
     score = latest_score(node, version)
-    return regions_for(score, threshold=effective_threshold(score, version))
+    return review_regions(node, score, effective_threshold(score, version))
 
 
 def inside_share(

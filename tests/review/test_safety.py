@@ -85,13 +85,6 @@ def test_negative_screened_node_satisfies_the_rule_trivially(people, scored):
         node=node, user=people.pathologist, status="confirmed_negative", based_on=None
     )
     assert decision.screened_positive is False
-    # An unscored node has no regions at all.
-    services.decide(
-        node=scored.nodes["node D"],
-        user=people.pathologist,
-        status="confirmed_negative",
-        based_on=None,
-    )
 
 
 def test_unknown_region_key_is_refused_with_the_known_ones(people, scored):
