@@ -136,3 +136,15 @@ def test_the_queue_lists_the_required_regions_of_an_unscored_node(people, scored
     assert [r.key for r in unscored.required_regions] == [
         f"sl{pk}" for pk in unscored.node.slides.values_list("pk", flat=True)
     ]
+
+
+def test_triage_says_why_it_is_empty_without_a_threshold(people, hot_node):
+    page = client_for(people.lab_lead).get("/review/triage/")
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert 'id="triage-why-empty"' in text and "has no locked threshold" in text
+
+
+def test_triage_says_why_it_is_empty_without_a_live_model(people):
+    page = client_for(people.lab_lead).get("/review/triage/")
+    assert "no model is live yet" in page.content.decode()
