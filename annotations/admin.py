@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from django.contrib import admin
 
+from slides.access import labs_of
+from slides.admin import LabScopedAdmin
+from slides.models import Slide
+
 from .models import Annotation, AnnotationHistory, AnnotationImport, LabelClass
 
 BULKY = ["geometry", "source_geometry"]
@@ -34,7 +38,7 @@ class AnnotationHistoryInline(admin.TabularInline):
 
 
 @admin.register(Annotation)
-class AnnotationAdmin(admin.ModelAdmin):
+class AnnotationAdmin(LabScopedAdmin):
     list_display = [
         "id",
         "slide",
@@ -61,7 +65,7 @@ class AnnotationAdmin(admin.ModelAdmin):
 
 
 @admin.register(AnnotationImport)
-class AnnotationImportAdmin(admin.ModelAdmin):
+class AnnotationImportAdmin(LabScopedAdmin):
     list_display = [
         "file_name",
         "slide",
@@ -83,7 +87,10 @@ from .models import Dataset  # noqa: E402  (appended with the Dataset model)
 
 @admin.register(Dataset)
 class DatasetAdmin(admin.ModelAdmin):
-    """Snapshots are made by `create_snapshot` (or `manage.py make_dataset`), never edited here."""
+    """Snapshots are made by `create_snapshot` (or `manage.py make_dataset`), never edited here.
+
+    A snapshot may hold slides of several labs: a lab admin sees one only when every slide of it
+    is of their labs (and it has one); the rest are the platform operators'."""
 
     list_display = [
         "name",
@@ -100,6 +107,15 @@ class DatasetAdmin(admin.ModelAdmin):
     search_fields = ["name", "content_hash"]
     exclude = ["slides"]
     readonly_fields = [f.name for f in Dataset._meta.fields]
+
+    def get_queryset(self, request):
+        datasets = super().get_queryset(request)
+        if request.user.is_superuser:
+            return datasets
+        labs = labs_of(request.user)
+        mine = Dataset.objects.filter(slides__node__case__lab__in=labs).values("pk")
+        elsewhere = Slide.objects.exclude(node__case__lab__in=labs)
+        return datasets.filter(pk__in=mine).exclude(slides__in=elsewhere)
 
     def has_add_permission(self, request) -> bool:
         return False

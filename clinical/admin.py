@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from django.contrib import admin
 
+from slides.admin import LabScopedAdmin
+
 from .models import ClinicalField, ClinicalRecord
 
 
@@ -22,7 +24,7 @@ class ClinicalFieldAdmin(admin.ModelAdmin):
 
 
 @admin.register(ClinicalRecord)
-class ClinicalRecordAdmin(admin.ModelAdmin):
+class ClinicalRecordAdmin(LabScopedAdmin):
     list_display = ("case", "node_status", "positive_nodes", "source", "entered_by", "entered_at")
     readonly_fields = (
         "case",

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from slides.access import has_role
+from slides.access import has_role, labs_of
+from slides.admin import LabScopedAdmin
 from slides.models import Role
 
 from . import services
 from .models import CaseSignOff, ReviewDecision, ReviewerCorrection, ReviewSettings, ViewedRegion
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(LabScopedAdmin):
     """Append-only records: viewable, never added, changed or deleted here."""
 
     def get_readonly_fields(self, request, obj=None):
@@ -61,8 +62,10 @@ class ReviewerCorrectionAdmin(ReadOnlyAdmin):
 
 
 @admin.register(ReviewSettings)
-class ReviewSettingsAdmin(admin.ModelAdmin):
-    """Switching the region-viewing rule here goes through the service, so it is audited."""
+class ReviewSettingsAdmin(LabScopedAdmin):
+    """Switching the region-viewing rule here goes through the service, so it is audited. A lab
+    admin sees and changes the settings of their own labs only (list, change page and the lab
+    choices of the add form are scoped by `LabScopedAdmin`)."""
 
     list_display = ["lab", "require_region_views", "updated_by", "updated_at"]
     fields = ["lab", "require_region_views"]
@@ -74,6 +77,8 @@ class ReviewSettingsAdmin(admin.ModelAdmin):
         return has_role(request.user, Role.ADMIN) and super().has_add_permission(request)
 
     def has_change_permission(self, request, obj=None):
+        if obj is not None and not labs_of(request.user).filter(pk=obj.lab_id).exists():
+            return False
         return has_role(request.user, Role.ADMIN) and super().has_change_permission(request, obj)
 
     def has_delete_permission(self, request, obj=None):

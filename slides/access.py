@@ -6,10 +6,11 @@ rule lives in one place. Superusers see every lab; everybody else sees only the 
 
 from __future__ import annotations
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 
-from .models import Case, Node, Role, Slide
+from .models import Case, Lab, Node, Role, Slide
 
 AnyUser = AbstractBaseUser | AnonymousUser
 
@@ -150,3 +151,100 @@ def may_promote_models(user: AnyUser) -> bool:
     if not user.is_authenticated or not user.is_active:
         return False
     return bool(user.is_superuser) or Role.PLATFORM_ADMIN in roles_of(user)
+
+
+# ---- Django's admin site: lab admins manage their own labs only -----------------------------------
+
+#: How a row of each lab-data model leads to its lab (an ORM path to `slides.Lab`; "" for a lab
+#: itself). The admin site scopes its lists and choices through it (`slides.admin.LabScopedAdmin`)
+#: and the audit log files events under the lab of their object (`lab_id_of`). A model missing
+#: here has no lab: platform data (label classes, clinical variables, models, training runs).
+LAB_PATHS: dict[str, str] = {
+    "slides.lab": "",
+    "slides.case": "lab",
+    "slides.node": "case__lab",
+    "slides.slide": "node__case__lab",
+    "annotations.annotation": "slide__node__case__lab",
+    "annotations.annotationimport": "slide__node__case__lab",
+    "annotations.annotationhistory": "annotation__slide__node__case__lab",
+    "review.reviewdecision": "node__case__lab",
+    "review.viewedregion": "node__case__lab",
+    "review.casesignoff": "case__lab",
+    "review.reviewercorrection": "node__case__lab",
+    "review.reviewsettings": "lab",
+    "clinical.clinicalrecord": "case__lab",
+    "inference.heatmap": "slide__node__case__lab",
+    "inference.nodescore": "node__case__lab",
+    "inference.gradcam": "slide__node__case__lab",
+    "inference.slidescoring": "slide__node__case__lab",
+    "studies.readerstudy": "lab",
+    "studies.studyimage": "study__lab",
+    "studies.studyreader": "study__lab",
+    "studies.readeranswer": "study__lab",
+    "studies.modelanswer": "study__lab",
+    "audit.auditevent": "lab",
+}
+
+
+def labs_of(user: AnyUser) -> QuerySet[Lab]:
+    """The labs a user belongs to (every lab for superusers, none for anonymous users)."""
+    if not user.is_authenticated:
+        return Lab.objects.none()
+    return Lab.objects.all() if user.is_superuser else Lab.objects.filter(members=user)
+
+
+def users_managed_by(admin: AnyUser) -> QuerySet:
+    """The users an admin may see and change in the admin site (their password, roles, labs).
+
+    Superusers (the platform operators) manage everybody. An admin manages a user who is not a
+    superuser and belongs to exactly one lab, that lab being one of the admin's. Users of several
+    labs, and users of no lab, are the operators' alone: no lab's admin may take them over."""
+    users = get_user_model().objects.all()
+    if not admin.is_authenticated:
+        return users.none()
+    if admin.is_superuser:
+        return users
+    if Role.ADMIN not in roles_of(admin):
+        return users.none()
+    membership = Lab.members.through.objects
+    in_my_labs = membership.filter(lab__in=labs_of(admin)).values("user_id")
+    in_one_lab = (
+        membership.values("user_id").annotate(labs=Count("lab_id")).filter(labs=1).values("user_id")
+    )
+    return users.filter(is_superuser=False, pk__in=in_my_labs).filter(pk__in=in_one_lab)
+
+
+def within_labs(queryset: QuerySet, labs: QuerySet[Lab], path: str) -> QuerySet:
+    """``queryset`` narrowed to rows whose lab (reached through ``path``, see
+    :data:`LAB_PATHS`) is among ``labs``; rows without a lab are left out."""
+    return queryset.filter(**{f"{path}__in" if path else "pk__in": labs.values("pk")})
+
+
+def admin_site_rows(queryset: QuerySet, user: AnyUser, path: str) -> QuerySet:
+    """The rows of a lab-data model a user sees in the admin site: every row for superusers,
+    the rows of their own labs for everybody else."""
+    if user.is_authenticated and user.is_superuser:
+        return queryset
+    return within_labs(queryset, labs_of(user), path)
+
+
+def lab_id_of(obj: object) -> int | None:
+    """The id of the lab an object belongs to, following :data:`LAB_PATHS` through its (cached)
+    relations; None for objects without one (users, platform data) or whose chain is broken."""
+    from django.core.exceptions import ObjectDoesNotExist
+
+    meta = getattr(obj, "_meta", None)
+    path = LAB_PATHS.get(meta.label_lower) if meta is not None else None
+    if path is None:
+        return None
+    if path == "":
+        return obj.pk
+    *hops, last = path.split("__")
+    try:
+        for hop in hops:
+            obj = getattr(obj, hop)
+            if obj is None:
+                return None
+        return getattr(obj, f"{last}_id")
+    except ObjectDoesNotExist:
+        return None
