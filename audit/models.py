@@ -15,7 +15,10 @@ class AuditEventQuerySet(models.QuerySet):
 
 
 class AuditEvent(models.Model):
-    """One action: actor, verb, object (type and id), detail. Never edited, never deleted."""
+    """One action: actor, verb, object (type and id), its lab, detail. Never edited, never deleted.
+
+    A lab's admins read the events of their lab in the admin site; events without a lab are the
+    platform operators' (superusers') alone."""
 
     at = models.DateTimeField(auto_now_add=True, db_index=True)
     actor = models.ForeignKey(
@@ -25,6 +28,14 @@ class AuditEvent(models.Model):
         max_length=150, blank=True, help_text="kept if the user is removed"
     )
     action = models.CharField(max_length=64, db_index=True)
+    lab = models.ForeignKey(
+        "slides.Lab",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The lab of the object (none: log-ins, users, platform actions)",
+    )
     object_type = models.CharField(max_length=64, blank=True)
     object_id = models.CharField(max_length=64, blank=True)
     detail = models.JSONField(default=dict, blank=True)

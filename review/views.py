@@ -511,6 +511,7 @@ class DecisionExportView(APIView):
         lab_ids = resolve_labs(request.user, query.get("lab"))
         if lab_ids is not None:
             decisions = decisions.filter(node__case__lab_id__in=lab_ids)
+        exported = lab_ids or tuple(labs_of(request.user).values_list("pk", flat=True))
         if query.get("date_from"):
             decisions = decisions.filter(created_at__date__gte=query["date_from"])
         if query.get("date_to"):
@@ -531,7 +532,9 @@ class DecisionExportView(APIView):
                 actor=request.user,
                 action="review decisions exported",
                 rows=count,
-                lab=query.get("lab") or "",
+                # filed under the lab exported when there is one (its admins read the event)
+                lab=exported[0] if len(exported) == 1 else None,
+                lab_filter=query.get("lab") or "",
                 date_from=str(query.get("date_from") or ""),
                 date_to=str(query.get("date_to") or ""),
             )
