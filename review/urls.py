@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import views
+from . import calibration_views, views
 
 urlpatterns = [
     path(
@@ -31,6 +31,16 @@ urlpatterns = [
     ),
     path(
         "review/cases/<int:pk>/reopen/", views.CaseReopenView.as_view(), name="review-case-reopen"
+    ),
+    path(
+        "model-versions/<int:pk>/threshold/",
+        calibration_views.ModelThresholdView.as_view(),
+        name="model-version-threshold",
+    ),
+    path(
+        "model-versions/<int:pk>/calibration-scoring/",
+        calibration_views.CalibrationScoringView.as_view(),
+        name="model-version-calibration-scoring",
     ),
     path("review/triage/", views.TriageView.as_view(), name="review-triage-api"),
     path("review/metrics/", views.MetricsView.as_view(), name="review-metrics-api"),
