@@ -108,6 +108,8 @@ class ImageFolderPatchDataset(torch.utils.data.Dataset):
     group column (``group``, ``case``, ``patient``... or ``group_column``) used for splitting.
     ``classes`` fixes the label order (default: sorted names); list the positive class last so it
     gets label 1. ``size`` resizes every patch to a square; ``cache`` keeps decoded patches.
+    ``within`` (folders): files that lead outside them (symlinks, ``..`` in the CSV) are left out
+    of the scan, and counted as missing from the CSV, whether they exist or not.
     """
 
     def __init__(
@@ -119,9 +121,11 @@ class ImageFolderPatchDataset(torch.utils.data.Dataset):
         size: int | None = None,
         group_column: str | None = None,
         cache: bool = False,
+        within: Sequence[Path] | None = None,
     ) -> None:
         self.root = Path(root)
         self.size = size
+        self._within = None if within is None else [Path(w).resolve() for w in within]
         files, names, groups = (
             self._read_csv(Path(csv_path), group_column)
             if csv_path is not None
@@ -144,10 +148,19 @@ class ImageFolderPatchDataset(torch.utils.data.Dataset):
         files, names = [], []
         for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
             for path in sorted(folder.rglob("*")):
-                if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                if path.suffix.lower() in IMAGE_SUFFIXES and self._inside(path) and path.is_file():
                     files.append(path)
                     names.append(folder.name)
         return files, names, None
+
+    def _inside(self, path: Path) -> bool:
+        if self._within is None:
+            return True
+        try:
+            resolved = path.resolve()
+        except (OSError, RuntimeError, ValueError):
+            return False
+        return any(resolved.is_relative_to(w) for w in self._within)
 
     def _read_csv(
         self, path: Path, group_column: str | None
@@ -166,7 +179,7 @@ class ImageFolderPatchDataset(torch.utils.data.Dataset):
         if gcol is not None and gcol not in header:
             raise ValueError(f"{path} has no column {group_column!r}")
         files = [self.root / r["file"] for r in rows]
-        missing = [str(f) for f in files if not f.is_file()]
+        missing = [str(f) for f in files if not (self._inside(f) and f.is_file())]
         if missing:
             raise FileNotFoundError(
                 f"{len(missing)} files listed in {path} are missing: {missing[:3]}"

@@ -301,12 +301,16 @@ def parse_source(source: Mapping[str, Any]) -> NodeImageSource:
     return NodeImageSource(modality=modality, size=size, val_fraction=val_fraction, seed=seed)
 
 
-def _labelled_slides(modality: str) -> list[tuple[Slide, int, str]]:
-    """Slides of ``modality`` whose node's ground truth is known: (slide, label, patient key)."""
+def _labelled_slides(modality: str, scope=None) -> list[tuple[Slide, int, str]]:
+    """Slides of ``modality`` whose node's ground truth is known: (slide, label, patient key),
+    of the labs ``scope`` may read (:mod:`inference.scope`; None: every lab)."""
     from slides.models import Node, Slide
 
+    slides = (
+        Slide.objects.all() if scope is None else scope.narrow(Slide.objects.all(), "node__case__")
+    )
     rows = (
-        Slide.objects.filter(
+        slides.filter(
             modality=modality,
             node__ground_truth__in=[Node.GroundTruth.POSITIVE, Node.GroundTruth.NEGATIVE],
         )
@@ -324,12 +328,12 @@ def _labelled_slides(modality: str) -> list[tuple[Slide, int, str]]:
     return out
 
 
-def check_node_images(source: Mapping[str, Any]) -> dict[str, int]:
+def check_node_images(source: Mapping[str, Any], *, scope=None) -> dict[str, int]:
     """Refuse, before anything is queued, a node-images dataset without images, without one of
     the classes, with fewer than two images of a class, or of a single patient; returns the
     counts per class."""
     spec = parse_source(source)
-    rows = _labelled_slides(spec.modality)
+    rows = _labelled_slides(spec.modality, scope)
     counts = {
         name: sum(1 for _s, label, _p in rows if label == i) for i, name in enumerate(CLASSES)
     }
@@ -351,7 +355,7 @@ def check_node_images(source: Mapping[str, Any]) -> dict[str, int]:
     return counts
 
 
-def load_node_images(source: Mapping[str, Any]) -> LoadedDataset:
+def load_node_images(source: Mapping[str, Any], *, scope=None) -> LoadedDataset:
     """Render, resize and split the images a ``node-images`` source selects (see the module
     docstring); the content hash covers the images (checksums), labels, patients, size and split
     parameters, so model versions with one hash were trained and validated on the same images."""
@@ -361,8 +365,8 @@ def load_node_images(source: Mapping[str, Any]) -> LoadedDataset:
     from .jobs import LoadedDataset
 
     spec = parse_source(source)
-    check_node_images(source)
-    rows = _labelled_slides(spec.modality)
+    check_node_images(source, scope=scope)
+    rows = _labelled_slides(spec.modality, scope)
     patients = sorted({p for _s, _l, p in rows})
     patient_index = {p: i for i, p in enumerate(patients)}
     train_size = round(spec.size * TRAIN_OVERSIZE)
@@ -424,7 +428,11 @@ def image_recipe(recipe: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def check_image_request(
-    *, dataset_source: Mapping[str, Any], architecture: str, recipe: Mapping[str, Any] | None
+    *,
+    dataset_source: Mapping[str, Any],
+    architecture: str,
+    recipe: Mapping[str, Any] | None,
+    scope=None,
 ) -> tuple[str, dict[str, Any]]:
     """The checks of a node-image run; returns its stage and recipe (with the defaults)."""
     from .models import canonical_name
@@ -444,7 +452,7 @@ def check_image_request(
         TrainingRecipe.from_dict(merged)
     except (TypeError, ValueError) as exc:
         raise NodeImageError(f"bad recipe: {exc}") from exc
-    check_node_images(dataset_source)
+    check_node_images(dataset_source, scope=scope)
     return IMAGE_STAGE, merged
 
 

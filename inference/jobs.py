@@ -26,6 +26,14 @@ from audit.log import record
 from config.queueing import QueueUnavailable, check_queue_reachable, send
 
 from .records import ModelVersion, Stage, TrainingRun
+from .scope import (
+    ARRAYS_REFUSAL,
+    FILE_REFUSAL,
+    FOLDER_REFUSAL,
+    UNRESTRICTED,
+    ScopeError,
+    TrainingScope,
+)
 from .training import TrainingCancelled, TrainingProgress, TrainingRecipe, train
 
 ARCHITECTURES = ("mobilenetv2", "resnet18", "resnet50", "inception-v3")
@@ -91,31 +99,82 @@ def _hash_arrays(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_dataset(source: dict[str, Any]) -> LoadedDataset:
-    """Open the dataset a run names and split it (by group when groups are known)."""
-    from .datasets import ArrayPatchDataset, ImageFolderPatchDataset, split_indices
+def _image_folder(source: dict[str, Any], scope: TrainingScope, **kw):
+    """The ImageFolderPatchDataset of an ``image-folder`` source, its folder and CSV confined to
+    the scope (outside, missing or escaping: one refusal; no labelled images: said only of a
+    folder under the roots)."""
+    from .datasets import ImageFolderPatchDataset
+
+    if scope.unrestricted:
+        root = Path(str(source.get("path", "")))
+        if not root.is_dir():
+            raise TrainingRequestError(f"image folder {root} does not exist")
+        csv_path = source.get("csv")
+        csv = Path(csv_path) if csv_path else None
+    else:
+        root = scope.path(source.get("path"), refusal=FOLDER_REFUSAL, folder=True)
+        csv_path = source.get("csv")
+        csv = None
+        if csv_path:
+            raw = str(csv_path)
+            raw = raw if Path(raw).is_absolute() else str(root / raw)
+            csv = scope.path(raw, refusal=FILE_REFUSAL.format(what="csv"), folder=False)
+    try:
+        dataset = ImageFolderPatchDataset(
+            root,
+            csv_path=csv,
+            classes=source.get("classes"),
+            within=None if scope.unrestricted else scope.roots(),
+            **kw,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        if not scope.unrestricted and str(exc).startswith("no labelled images"):
+            raise TrainingRequestError("no labelled images in that folder") from None
+        raise TrainingRequestError(str(exc)) from exc
+    return root, dataset
+
+
+def _arrays_path(source: dict[str, Any], scope: TrainingScope) -> Path:
+    """The path of an ``arrays`` source, confined to the scope (a folder's files too)."""
+    if scope.unrestricted:
+        return Path(str(source.get("path", "")))
+    path = scope.path(source.get("path"), refusal=ARRAYS_REFUSAL, folder=None)
+    if path.is_dir():
+        scope.files_inside(path.iterdir(), refusal=ARRAYS_REFUSAL)
+    return path
+
+
+def _snapshot_id(source: dict[str, Any], scope: TrainingScope) -> int:
+    """The id of a ``snapshot`` source whose slides are all of the scope's labs; another lab's
+    snapshot is refused as a missing one is."""
+    from annotations.models import Dataset
+
+    try:
+        pk = int(source.get("id", 0))
+        snapshot = Dataset.objects.get(pk=pk)
+    except (Dataset.DoesNotExist, TypeError, ValueError, OverflowError) as exc:
+        raise TrainingRequestError(f"no dataset snapshot {source.get('id')!r}") from exc
+    if not scope.snapshot_readable(snapshot):
+        raise TrainingRequestError(f"no dataset snapshot {source.get('id')!r}")
+    return pk
+
+
+def load_dataset(source: dict[str, Any], *, scope: TrainingScope = UNRESTRICTED) -> LoadedDataset:
+    """Open the dataset a run names and split it (by group when groups are known); ``scope``
+    bounds what it may read (:mod:`inference.scope`)."""
+    from .datasets import ArrayPatchDataset, split_indices
 
     kind = source.get("kind")
     seed = int(source.get("seed", 0))
     val_fraction = float(source.get("val_fraction", 0.3))
     if kind == "image-folder":
-        root = Path(source.get("path", ""))
-        if not root.is_dir():
-            raise TrainingRequestError(f"image folder {root} does not exist")
-        csv_path = source.get("csv")
-        dataset = ImageFolderPatchDataset(
-            root,
-            csv_path=Path(csv_path) if csv_path else None,
-            classes=source.get("classes"),
-            size=source.get("size"),
-            cache=True,
-        )
+        root, dataset = _image_folder(source, scope, size=source.get("size"), cache=True)
         files = [root / f for f in getattr(dataset, "files", [])] or [
             p for p in root.rglob("*") if p.is_file()
         ]
         content_hash = _hash_files([Path(f) for f in files], root)
     elif kind == "arrays":
-        path = Path(source.get("path", ""))
+        path = _arrays_path(source, scope)
         images, labels, groups, classes = read_patch_arrays(path)
         dataset = ArrayPatchDataset(images, labels, groups=groups, classes=classes)
         content_hash = _hash_arrays(path)
@@ -125,14 +184,14 @@ def load_dataset(source: dict[str, Any]) -> LoadedDataset:
         from .image_classifier import NodeImageError, load_node_images
 
         try:
-            return load_node_images(source)
+            return load_node_images(source, scope=scope)
         except NodeImageError as exc:
             raise TrainingRequestError(str(exc)) from exc
     elif kind == "snapshot":
         from annotations.datasets import DatasetError, open_snapshot
 
         try:
-            train_set, val_set, content_hash, summary = open_snapshot(int(source["id"]))
+            train_set, val_set, content_hash, summary = open_snapshot(_snapshot_id(source, scope))
         except DatasetError as exc:
             raise TrainingRequestError(str(exc)) from exc
         return LoadedDataset(
@@ -224,8 +283,9 @@ def _check_recipe_bounds(recipe: TrainingRecipe) -> None:
             )
 
 
-def check_dataset(source: dict[str, Any]) -> dict[str, int]:
-    """Refuse, before anything is queued, a dataset that is missing, empty or of one class."""
+def check_dataset(source: dict[str, Any], *, scope: TrainingScope = UNRESTRICTED) -> dict[str, int]:
+    """Refuse, before anything is queued, a dataset that is missing, empty or of one class, or
+    outside what ``scope`` may read."""
     import numpy as np
 
     kind = source.get("kind")
@@ -233,10 +293,10 @@ def check_dataset(source: dict[str, Any]) -> dict[str, int]:
         from .mining import MiningError, check_source
 
         try:
-            checked = check_source(source)
+            checked = check_source(source, scope=scope)
         except MiningError as exc:
             raise TrainingRequestError(str(exc)) from exc
-        tumour = check_dataset(checked["tumour_source"])
+        tumour = check_dataset(checked["tumour_source"], scope=scope)
         if not tumour.get("tumour"):
             raise TrainingRequestError(
                 "the primary's dataset has no class named tumour to balance the hard negatives with"
@@ -246,16 +306,13 @@ def check_dataset(source: dict[str, Any]) -> dict[str, int]:
         from .image_classifier import NodeImageError, check_node_images
 
         try:
-            return check_node_images(source)
+            return check_node_images(source, scope=scope)
         except NodeImageError as exc:
             raise TrainingRequestError(str(exc)) from exc
     if kind == "snapshot":
         from annotations.models import Dataset
 
-        try:
-            snapshot = Dataset.objects.get(pk=int(source.get("id", 0)))
-        except (Dataset.DoesNotExist, TypeError, ValueError) as exc:
-            raise TrainingRequestError(f"no dataset snapshot {source.get('id')!r}") from exc
+        snapshot = Dataset.objects.get(pk=_snapshot_id(source, scope))
         if snapshot.status != Dataset.Status.READY:
             raise TrainingRequestError(
                 f"dataset snapshot {snapshot.pk} is {snapshot.status}, not ready"
@@ -266,25 +323,19 @@ def check_dataset(source: dict[str, Any]) -> dict[str, int]:
             snapshot.class_counts
         )
     elif kind in ("image-folder", "arrays"):
-        path = Path(str(source.get("path", "")))
-        if not path.exists():
-            raise TrainingRequestError(f"dataset path {source.get('path')!r} does not exist")
+        if scope.unrestricted:
+            path = Path(str(source.get("path", "")))
+            if not path.exists():
+                raise TrainingRequestError(f"dataset path {source.get('path')!r} does not exist")
         if kind == "arrays":
-            _images, labels, _groups, names = read_patch_arrays(path)
+            _images, labels, _groups, names = read_patch_arrays(_arrays_path(source, scope))
             values, n = np.unique(labels, return_counts=True)
             counts = {
                 (names[int(v)] if names else str(int(v))): int(c)
                 for v, c in zip(values, n, strict=True)
             }
         else:
-            from .datasets import ImageFolderPatchDataset
-
-            try:
-                dataset = ImageFolderPatchDataset(
-                    path, csv_path=source.get("csv"), classes=source.get("classes")
-                )
-            except ValueError as exc:
-                raise TrainingRequestError(str(exc)) from exc
+            _root, dataset = _image_folder(source, scope)
             labels = np.asarray(dataset.labels)
             counts = {name: int((labels == i).sum()) for i, name in enumerate(dataset.classes)}
     else:
@@ -313,18 +364,29 @@ def launch_training(
     user=None,
     enqueue: bool = True,
 ) -> TrainingRun:
-    """Check a request and queue a TrainingRun on the `gpu` queue (after the transaction commits)."""
-    if _is_mil(architecture, dataset_source):  # seed 001: attention MIL on case bags
-        stage = _check_mil_request(dataset_source, architecture, recipe)
-    elif dataset_source.get("kind") == "node-images":  # seeds 003/004: whole-image classifiers
-        stage, recipe = _check_image_request(dataset_source, architecture, recipe)
-    else:
-        _check_patch_request(dataset_source, architecture, stage, recipe)
+    """Check a request and queue a TrainingRun on the `gpu` queue (after the transaction commits).
+
+    A run launched by ``user`` reads only that user's labs and the import roots, checked here and
+    again on the worker (:mod:`inference.scope`); ``user`` None (server-side code such as
+    manage.py) launches a run that reads what it names."""
+    scope = TrainingScope.of_user(user)
+    try:
+        scope.check_launcher()
+        scope.weights((recipe or {}).get("pretrained_weights"))
+        if _is_mil(architecture, dataset_source):  # seed 001: attention MIL on case bags
+            stage = _check_mil_request(dataset_source, architecture, recipe, scope)
+        elif dataset_source.get("kind") == "node-images":  # seeds 003/004: whole-image classifiers
+            stage, recipe = _check_image_request(dataset_source, architecture, recipe, scope)
+        else:
+            _check_patch_request(dataset_source, architecture, stage, recipe, scope)
+    except ScopeError as exc:
+        raise TrainingRequestError(str(exc)) from None
     if enqueue:
         check_queue_reachable()  # broker down: QueueUnavailable (503) before any row is written
     with transaction.atomic():
         run = TrainingRun.objects.create(
             created_by=user if user is not None and user.is_authenticated else None,
+            server_side=scope.unrestricted,
             dataset_source=dataset_source,
             architecture=architecture,
             stage=stage,
@@ -344,28 +406,33 @@ def _is_mil(architecture: str, dataset_source: dict[str, Any]) -> bool:
     return is_mil_request(architecture=architecture, dataset_source=dataset_source)
 
 
-def _check_mil_request(dataset_source, architecture, recipe) -> str:
+def _check_mil_request(dataset_source, architecture, recipe, scope=UNRESTRICTED) -> str:
     """MIL runs (inference.mil_jobs) have their own checks and the stage "mil"."""
     from .mil import MIL_STAGE, MILError
     from .mil_jobs import check_mil_request
 
     try:
         check_mil_request(
-            dataset_source=dataset_source, architecture=architecture, recipe=recipe or {}
+            dataset_source=dataset_source,
+            architecture=architecture,
+            recipe=recipe or {},
+            scope=scope,
         )
     except MILError as exc:
         raise TrainingRequestError(str(exc)) from exc
     return MIL_STAGE
 
 
-def _check_image_request(dataset_source, architecture, recipe) -> tuple[str, dict[str, Any]]:
+def _check_image_request(
+    dataset_source, architecture, recipe, scope=UNRESTRICTED
+) -> tuple[str, dict[str, Any]]:
     """Node-image runs (inference.image_classifier) have the stage "node-image" and the
     node-image recipe defaults under their own recipe."""
     from .image_classifier import NodeImageError, check_image_request
 
     try:
         stage, merged = check_image_request(
-            dataset_source=dataset_source, architecture=architecture, recipe=recipe
+            dataset_source=dataset_source, architecture=architecture, recipe=recipe, scope=scope
         )
     except NodeImageError as exc:
         raise TrainingRequestError(str(exc)) from exc
@@ -373,7 +440,7 @@ def _check_image_request(dataset_source, architecture, recipe) -> tuple[str, dic
     return stage, merged
 
 
-def _check_patch_request(dataset_source, architecture, stage, recipe) -> None:
+def _check_patch_request(dataset_source, architecture, stage, recipe, scope=UNRESTRICTED) -> None:
     """The checks of a patch-classifier run."""
     if architecture not in ARCHITECTURES:
         raise TrainingRequestError(
@@ -388,7 +455,7 @@ def _check_patch_request(dataset_source, architecture, stage, recipe) -> None:
     _check_recipe_bounds(checked)
     if dataset_source.get("kind") == "hard-negatives" and stage != Stage.SECONDARY:
         raise TrainingRequestError("hard negatives train the secondary model: use stage secondary")
-    check_dataset(dataset_source)
+    check_dataset(dataset_source, scope=scope)
 
 
 def _queue_training_run(run: TrainingRun) -> None:
@@ -420,15 +487,20 @@ def execute_training_run(*, run_id: int, worker: str = "local", device: str | No
         if run.cancel_requested and not run.is_finished:
             run.finish(TrainingRun.Status.CANCELLED, reason="cancelled before it started")
         return run.status
+    scope = TrainingScope.of_run(run)  # the launcher as they are now, not as at launch
     if _is_mil(run.architecture, run.dataset_source):  # seed 001: attention MIL on case bags
         from .mil_jobs import execute_mil_run
 
-        return execute_mil_run(run, device=device)
+        return execute_mil_run(run, device=device, scope=scope)
     try:
+        scope.check_launcher()
+        scope.weights((run.recipe or {}).get("pretrained_weights"))
         source = run.dataset_source
         if source.get("kind") == "hard-negatives":
-            source = _mine_for_run(run)
-        dataset = load_dataset(source)
+            dataset = load_dataset(_mine_for_run(run, scope))  # its own folder of mined arrays
+        else:
+            dataset = load_dataset(source, scope=scope)
+        dataset.summary["labs"] = scope.labs()
         recipe = TrainingRecipe.from_dict(run.recipe or {})
     except TrainingCancelled as exc:
         run.finish(TrainingRun.Status.CANCELLED, reason=str(exc))
@@ -492,7 +564,7 @@ def execute_training_run(*, run_id: int, worker: str = "local", device: str | No
     return TrainingRun.Status.SUCCEEDED
 
 
-def _mine_for_run(run: TrainingRun) -> dict[str, Any]:
+def _mine_for_run(run: TrainingRun, scope: TrainingScope = UNRESTRICTED) -> dict[str, Any]:
     """Mine the hard negatives of a secondary run into its folder (reused when a resumed run
     finds them complete) and return the arrays source the run then trains on."""
     from .mining import mine
@@ -509,7 +581,7 @@ def _mine_for_run(run: TrainingRun) -> dict[str, Any]:
             raise TrainingCancelled("cancelled while mining hard negatives")
 
     folder = run_dir(run) / "hard-negatives"
-    mine(run.dataset_source, folder, progress=on_progress)
+    mine(run.dataset_source, folder, progress=on_progress, scope=scope)
     return {"kind": "arrays", "path": str(folder)}
 
 

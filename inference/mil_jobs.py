@@ -54,10 +54,13 @@ def is_mil_request(*, architecture: str, dataset_source: Any) -> bool:
     return architecture == MIL_ARCHITECTURE or kind == MIL_DATASET_KIND
 
 
-def _cases(source: dict[str, Any]):
+def _cases(source: dict[str, Any], scope=None):
+    """The cases a MIL source names, of the labs ``scope`` may read (None: every lab); a case
+    of another lab is left out as an unknown id is."""
     from slides.models import Case
 
-    cases = Case.objects.filter(clinical_records__isnull=False).distinct().order_by("id")
+    cases = Case.objects.all() if scope is None else scope.narrow(Case.objects.all())
+    cases = cases.filter(clinical_records__isnull=False).distinct().order_by("id")
     if source.get("cases") is not None:
         ids = source["cases"]
         if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
@@ -66,11 +69,11 @@ def _cases(source: dict[str, Any]):
     return list(cases)
 
 
-def _labelled(source: dict[str, Any]) -> tuple[list, dict[int, Any], list[str]]:
+def _labelled(source: dict[str, Any], scope=None) -> tuple[list, dict[int, Any], list[str]]:
     """Cases with a node status (current clinical record), their records, and skipped notes."""
     from clinical.services import current_records
 
-    cases = _cases(source)
+    cases = _cases(source, scope)
     records = current_records(cases)
     kept, skipped = [], []
     for case in cases:
@@ -92,7 +95,7 @@ def label_of(node_status: str, task: str) -> int:
 
 
 def check_mil_request(
-    *, dataset_source: dict[str, Any], architecture: str, recipe: dict[str, Any]
+    *, dataset_source: dict[str, Any], architecture: str, recipe: dict[str, Any], scope=None
 ) -> dict[str, int]:
     """Refuse a MIL run that cannot train, before anything is queued (MILError says why)."""
     if architecture != MIL_ARCHITECTURE:
@@ -110,7 +113,7 @@ def check_mil_request(
     val_fraction = dataset_source.get("val_fraction", 0.3)
     if not isinstance(val_fraction, int | float) or not 0 < val_fraction < 1:
         raise MILError("val_fraction must be between 0 and 1")
-    cases, records, _ = _labelled(dataset_source)
+    cases, records, _ = _labelled(dataset_source, scope)
     counts: dict[str, int] = {}
     for case in cases:
         name = TASKS[task][label_of(records[case.pk].node_status, task)]
@@ -143,7 +146,7 @@ def _clinical_keys(source: dict[str, Any]) -> list[str]:
 
 
 def build_run_bags(
-    source: dict[str, Any], *, on_case=None
+    source: dict[str, Any], *, on_case=None, scope=None
 ) -> tuple[list[Bag], list[Bag], dict[str, Any], dict[str, Any]]:
     """Bags of the labelled cases, split by patient; (train, val, summary, what prediction needs)."""
     from clinical.models import ClinicalField
@@ -159,7 +162,7 @@ def build_run_bags(
     )
     extractor_spec = dict(source.get("extractor") or {"architecture": "resnet-small", "seed": 0})
     extractor = extractor_from_spec(extractor_spec, patch_px=grid.patch_px)
-    cases, records, skipped = _labelled(source)
+    cases, records, skipped = _labelled(source, scope)
     bags: list[Bag] = []
     for i, case in enumerate(cases):
         try:
@@ -202,6 +205,7 @@ def build_run_bags(
         "instances": {"total": int(sum(len(b) for b in bags)), "max_per_case": grid.max_instances},
         "skipped": skipped,
         "clinical": keys,
+        **({"labs": scope.labs()} if scope is not None else {}),
     }
     needs = {
         "task": task,
@@ -229,8 +233,12 @@ def _content_hash(bags: list[Bag]) -> str:
     return digest.hexdigest()
 
 
-def execute_mil_run(run: TrainingRun, *, device: str | None = None) -> str:
-    """The worker side of a claimed MIL run: bags, training, ModelVersion; returns the status."""
+def execute_mil_run(run: TrainingRun, *, device: str | None = None, scope=None) -> str:
+    """The worker side of a claimed MIL run: bags, training, ModelVersion; returns the status.
+    ``scope`` (:mod:`inference.scope`, default the run's launcher) bounds the cases it reads."""
+    from .scope import TrainingScope
+
+    scope = scope if scope is not None else TrainingScope.of_run(run)
     from .jobs import code_version, install_weights, run_dir
     from .training import TrainingCancelled
 
@@ -247,9 +255,11 @@ def execute_mil_run(run: TrainingRun, *, device: str | None = None) -> str:
         return TrainingRun.objects.filter(pk=run.pk, cancel_requested=True).exists()
 
     try:
+        scope.check_launcher()
         recipe = MILRecipe.from_dict(run.recipe or {})
         train_bags, val_bags, summary, needs = build_run_bags(
             run.dataset_source,
+            scope=scope,
             on_case=lambda done, total: write(
                 {"phase": "bags", "cases_done": done, "cases": total}
             ),

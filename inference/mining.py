@@ -90,12 +90,17 @@ class MinedPatches:
 # ---- what to mine ------------------------------------------------------------------------------
 
 
-def negative_slides(slide_ids: Iterable[int] | None = None) -> list[Slide]:
+def negative_slides(slide_ids: Iterable[int] | None = None, scope=None) -> list[Slide]:
     """The slides to mine: those given, or every slide of a node whose ground truth is negative
-    or that a reviewer confirmed negative. Refuses slides of nodes known to hold tumour."""
+    or that a reviewer confirmed negative. Refuses slides of nodes known to hold tumour. Only
+    slides of the labs ``scope`` may read (:mod:`inference.scope`; None: every lab): another
+    lab's slide is refused as a missing one is."""
+    visible = (
+        Slide.objects.all() if scope is None else scope.narrow(Slide.objects.all(), "node__case__")
+    )
     if slide_ids is not None:
         ids = [int(i) for i in slide_ids]
-        slides = list(Slide.objects.filter(pk__in=ids).select_related("node"))
+        slides = list(visible.filter(pk__in=ids).select_related("node"))
         missing = sorted(set(ids) - {s.pk for s in slides})
         if missing:
             raise MiningError(f"no slides with ids {missing}")
@@ -122,14 +127,14 @@ def negative_slides(slide_ids: Iterable[int] | None = None) -> list[Slide]:
         ).values_list("node_id", flat=True)
     )
     return list(
-        Slide.objects.filter(node_id__in=negative_nodes, modality=Slide.Modality.SLIDE)
+        visible.filter(node_id__in=negative_nodes, modality=Slide.Modality.SLIDE)
         .exclude(node__ground_truth=Node.GroundTruth.POSITIVE)
         .select_related("node")
         .order_by("pk")
     )
 
 
-def check_source(source: dict[str, Any]) -> dict[str, Any]:
+def check_source(source: dict[str, Any], *, scope=None) -> dict[str, Any]:
     """Refuse, before anything is queued, a mining request that cannot run; returns what it
     will mine (primary, slides, tumour source)."""
     from .scoring import Classifier, NotDenseScannable, ScoringError, geometry_for
@@ -150,7 +155,7 @@ def check_source(source: dict[str, Any]) -> dict[str, Any]:
         raise MiningError(str(exc)) from exc
     except ScoringError as exc:
         raise MiningError(f"stride {stride}: {exc}") from exc
-    slides = negative_slides(source.get("negative_slides"))
+    slides = negative_slides(source.get("negative_slides"), scope)
     if not slides:
         raise MiningError(
             "no negative nodes to mine: set the ground truth of negative nodes (or confirm them "
@@ -213,14 +218,15 @@ def mine_slide(slide: Slide, *, classifier, geometry, scale_progress=None) -> Mi
     )
 
 
-def _tumour_and_annotated_negatives(tumour_source: dict[str, Any], p: int):
+def _tumour_and_annotated_negatives(tumour_source: dict[str, Any], p: int, scope=None):
     """Tumour patches of the primary's dataset (keeping their split) and the hard-negative
     annotations in it (fine classes of kind hard-negative, e.g. reviewer corrections)."""
     from annotations.models import LabelClass
 
     from .jobs import load_dataset
+    from .scope import UNRESTRICTED
 
-    loaded = load_dataset(tumour_source)
+    loaded = load_dataset(tumour_source, scope=scope if scope is not None else UNRESTRICTED)
     hard_kinds = set(
         LabelClass.objects.filter(kind=LabelClass.Kind.HARD_NEGATIVE).values_list("key", flat=True)
     )
@@ -317,7 +323,7 @@ def balance(
 
 
 def mine(
-    source: dict[str, Any], out: Path, *, progress: MiningProgress | None = None
+    source: dict[str, Any], out: Path, *, progress: MiningProgress | None = None, scope=None
 ) -> dict[str, Any]:
     """Run the whole mining step for ``source`` and write the balanced arrays folder to ``out``
     (atomically). Returns the summary (also written as ``summary.json``). Idempotent: a complete
@@ -326,7 +332,7 @@ def mine(
     done = out / "summary.json"
     if done.is_file():
         return json.loads(done.read_text())
-    checked = check_source(source)
+    checked = check_source(source, scope=scope)
     from .scoring import Classifier
 
     primary: ModelVersion = checked["primary"]
@@ -364,7 +370,7 @@ def mine(
         mined.append(patches)
     report(slides_done=len(slides), hard_negatives=windows_called, fraction=1.0)
     scanned = MinedPatches.concat(mined, p)
-    tumour, annotated, _loaded = _tumour_and_annotated_negatives(checked["tumour_source"], p)
+    tumour, annotated, _loaded = _tumour_and_annotated_negatives(checked["tumour_source"], p, scope)
     if len(scanned):
         scanned.in_val, split_note = split_by_case(
             scanned.groups, val_fraction=val_fraction, seed=seed

@@ -52,6 +52,11 @@ class TrainingRun(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    server_side = models.BooleanField(
+        default=False,
+        help_text="launched on the server with no user (manage.py): reads every lab and any path;"
+        " otherwise the run reads only its launcher's labs and the import roots (inference.scope)",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     dataset_source = models.JSONField(
         help_text='what to train on, e.g. {"kind": "image-folder", "path": ..., "size": 96}'
