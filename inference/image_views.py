@@ -22,7 +22,7 @@ from .image_classifier import (
     set_operating_point,
 )
 from .records import ModelVersion
-from .views import _page_roles, _require_admin, _require_any_role
+from .views import _page_roles, _require_any_role, _require_promoter
 
 
 def _image_version(pk: int) -> ModelVersion:
@@ -61,11 +61,12 @@ class ModelComparisonView(APIView):
 class OperatingPointView(APIView):
     """Choose a node-image model's operating point again from its validation images: Youden's J
     (``{"method": "youden"}``) or the highest threshold that reaches a target sensitivity
-    (``{"target_sensitivity": 0.9}``). Admins."""
+    (``{"target_sensitivity": 0.9}``). Platform operators: a live model's operating point is what
+    every lab screens at."""
 
     @extend_schema(request=dict, responses={200: dict})
     def post(self, request: Request, pk: int) -> Response:
-        _require_admin(request)
+        _require_promoter(request)
         version = _image_version(pk)
         body = request.data if isinstance(request.data, dict) else None
         if body is None:

@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 
 from audit.log import record
 from config.pagination import BoundedLimitOffsetPagination
-from slides.access import has_role, nodes_for
+from slides.access import PROMOTERS, has_role, may_promote_models, nodes_for
 from slides.models import Role
 
 from . import plots
@@ -42,6 +42,17 @@ from .serializers import (
 def _require_admin(request) -> None:
     if not has_role(request.user, Role.ADMIN):
         raise PermissionDenied("Only admins launch, cancel or promote models.")
+
+
+def _require_promoter(request) -> None:
+    """The live models are platform-wide: changing them is for platform operators."""
+    _require_admin(request)
+    if not may_promote_models(request.user):
+        raise PermissionDenied(
+            "The live model is the same for every lab: only "
+            + PROMOTERS
+            + " promote, roll back or change it."
+        )
 
 
 def _require_any_role(request) -> None:
@@ -80,6 +91,10 @@ class TrainingRunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet)
     def cancel(self, request, pk=None, format=None):  # noqa: A002 - DRF's `.json` suffix
         _require_admin(request)
         run = self.get_object()
+        if run.created_by_id != request.user.pk and not may_promote_models(request.user):
+            raise PermissionDenied(
+                "Admins cancel the runs they launched; other runs only " + PROMOTERS + "."
+            )
         if run.is_finished:
             return Response(
                 {"detail": f"run {run.pk} already {run.status}"}, status=status.HTTP_409_CONFLICT
@@ -90,7 +105,7 @@ class TrainingRunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet)
 
 
 class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
-    """Model versions; every role sees which is live; admins promote and roll back."""
+    """Model versions; every role sees which is live; platform operators promote and roll back."""
 
     serializer_class = ModelVersionSerializer
 
@@ -101,14 +116,14 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
     @extend_schema(request=None, responses=ModelVersionSerializer)
     @action(detail=True, methods=["post"])
     def promote(self, request, pk=None, format=None):  # noqa: A002 - DRF's `.json` suffix
-        _require_admin(request)
+        _require_promoter(request)
         version = promote(version=self.get_object(), user=request.user)
         return Response(ModelVersionSerializer(version).data)
 
     @extend_schema(request=RollbackSerializer, responses=ModelVersionSerializer)
     @action(detail=False, methods=["post"])
     def rollback(self, request, format=None):  # noqa: A002 - DRF's `.json` suffix
-        _require_admin(request)
+        _require_promoter(request)
         body = RollbackSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         version = rollback(stage=body.validated_data["stage"], user=request.user)
@@ -149,6 +164,9 @@ def models_page(request: HttpRequest) -> HttpResponse:
                 "model_version", "secondary_version"
             ).order_by("-created_at", "-id")[:20],
             "is_admin": has_role(request.user, Role.ADMIN),
+            "may_promote": may_promote_models(request.user),
+            "promoters": PROMOTERS,
+            "user_id": request.user.pk,
         },
     )
 
@@ -176,6 +194,8 @@ def model_version_page(request: HttpRequest, pk: int) -> HttpResponse:
             .select_related("model_version", "secondary_version")
             .order_by("-created_at", "-id")[:20],
             "is_admin": has_role(request.user, Role.ADMIN),
+            "may_promote": may_promote_models(request.user),
+            "promoters": PROMOTERS,
             "slide_level": _slide_level(version),
             "image_evidence": _image_evidence(version),
         },
