@@ -73,6 +73,9 @@ RANK = {Role.PATHOLOGIST: 1, Role.LAB_LEAD: 2, Role.ADMIN: 3}
 # the world's reader study (lab A's pathologist alone); everyone else, the study's managers
 # included, must get 404.
 PUBLIC, USER, STAFF, READER = "public", "user", "staff", "reader"
+# "platform": platform operators only (superusers, the platform admin role; none of the matrix
+# users): what changes the live models every lab screens with (slides.access.may_promote_models).
+PLATFORM = "platform"
 STUDY_READERS = {"pathologist"}
 PATHOLOGIST, LAB_LEAD, ADMIN = Role.PATHOLOGIST, Role.LAB_LEAD, Role.ADMIN
 
@@ -371,11 +374,14 @@ MATRIX: tuple[Entry, ...] = (
         "/api/training-runs/", (get(USER), post(ADMIN, body={"dataset_source": {}})), suffix=True
     ),
     Entry("/api/training-runs/{run}/", (get(USER),), suffix=True),
-    Entry("/api/training-runs/{run}/cancel/", (post(ADMIN),), suffix=True),
+    # another user's run (this one was launched on the server): its launcher or a platform operator
+    Entry("/api/training-runs/{run}/cancel/", (post(PLATFORM),), suffix=True),
     Entry("/api/model-versions/", (get(USER),), suffix=True),
     Entry("/api/model-versions/{version}/", (get(USER),), suffix=True),
-    Entry("/api/model-versions/{version}/promote/", (post(ADMIN),), suffix=True),
-    Entry("/api/model-versions/rollback/", (post(ADMIN, body={"stage": "primary"}),), suffix=True),
+    Entry("/api/model-versions/{version}/promote/", (post(PLATFORM),), suffix=True),
+    Entry(
+        "/api/model-versions/rollback/", (post(PLATFORM, body={"stage": "primary"}),), suffix=True
+    ),
     Entry("/api/model-versions/{version}/train-secondary/", (post(ADMIN, body={"stride": 0}),)),
     Entry("/api/scoring-runs/{scoring_run}/changes/", (get(USER),)),
     # API: review
@@ -457,7 +463,7 @@ MATRIX: tuple[Entry, ...] = (
     Entry("/api/model-versions/{image_version}/comparison/", (get(USER),)),
     Entry(
         "/api/model-versions/{image_version}/operating-point/",
-        (post(ADMIN, body={"method": "youden"}),),
+        (post(PLATFORM, body={"method": "youden"}),),
     ),
     # reader studies (issue 9): lab leads and admins of the study's lab manage them; only the
     # study's readers reach the reading routes (everyone else gets 404, managers included)
@@ -563,7 +569,7 @@ def expected(who: str, call: Call) -> str:
     """'allowed', 'refused' or 'hidden' (refused with exactly 404) for `who` on `call`."""
     if call.needs == PUBLIC:
         return "allowed"
-    if who == "anonymous" or call.needs == STAFF:
+    if who == "anonymous" or call.needs in (STAFF, PLATFORM):
         return "refused"
     if call.needs == READER:
         return "allowed" if who in STUDY_READERS else "hidden"

@@ -19,7 +19,8 @@ def _client(user) -> Client:
 
 
 @pytest.fixture
-def folder(tmp_path):
+def folder(tmp_path, settings):
+    settings.SLIDE_IMPORT_ROOTS = [tmp_path]  # runs launched by users read under the roots only
     return write_blob_folder(tmp_path / "blobs", n=16)
 
 
@@ -51,14 +52,16 @@ def test_only_admins_launch(people, folder, django_capture_on_commit_callbacks):
     assert TrainingRun.objects.get().status == "queued"
 
 
-def test_bad_launch_is_400_with_the_reason(people, tmp_path):
+def test_bad_launch_is_400_with_the_reason(people, tmp_path, settings):
+    settings.SLIDE_IMPORT_ROOTS = [tmp_path]
     body = json.dumps(
         {"dataset_source": {"kind": "image-folder", "path": str(tmp_path / "missing")}}
     )
     response = _client(people.admin).post(
         "/api/training-runs/", body, content_type="application/json"
     )
-    assert response.status_code == 400 and "does not exist" in response.json()["detail"]
+    assert response.status_code == 400
+    assert response.json()["detail"] == "image folder must be a folder under the import roots"
     body = json.dumps({"dataset_source": "nope"})
     assert (
         _client(people.admin)
@@ -69,8 +72,14 @@ def test_bad_launch_is_400_with_the_reason(people, tmp_path):
 
 
 def test_cancel_and_promote_need_admin_and_pages_render(people, folder):
+    from slides.access import grant_role
+    from slides.models import Role
+
     run = launch_training(
-        dataset_source={"kind": "image-folder", "path": str(folder)}, recipe=FAST, enqueue=False
+        dataset_source={"kind": "image-folder", "path": str(folder)},
+        recipe=FAST,
+        enqueue=False,
+        user=people.admin,
     )
     assert (
         _client(people.pathologist).post(f"/api/training-runs/{run.pk}/cancel/").status_code == 403
@@ -84,6 +93,10 @@ def test_cancel_and_promote_need_admin_and_pages_render(people, folder):
     assert (
         _client(people.admin).post(f"/api/training-runs/{run.pk}/cancel/").status_code == 409
     )  # finished
+    # The live model is every lab's: a lab admin does not promote it, a platform admin does.
+    refused = _client(people.admin).post(f"/api/model-versions/{version.pk}/promote/")
+    assert refused.status_code == 403 and "platform" in refused.json()["detail"]
+    grant_role(people.admin, Role.PLATFORM_ADMIN)
     promoted = _client(people.admin).post(f"/api/model-versions/{version.pk}/promote/")
     assert promoted.status_code == 200 and promoted.json()["is_live"] is True
     # Pathologists see which version is live, and the model page draws its ROC curve.
