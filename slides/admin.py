@@ -13,6 +13,8 @@ from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.models import Group
+from rest_framework.authtoken.admin import TokenAdmin
+from rest_framework.authtoken.models import TokenProxy
 
 from .access import (
     LAB_PATHS,
@@ -170,6 +172,25 @@ class NodeScopeUserAdmin(UserAdmin):
             lab.members.add(user)
         user.__dict__.pop("_nodescope_roles", None)
         sync_staff(user)
+
+
+admin.site.unregister(TokenProxy)
+
+
+@admin.register(TokenProxy)
+class NodeScopeTokenAdmin(TokenAdmin):
+    """API tokens (credentials) of the users the admin manages only, and made only for them."""
+
+    def get_queryset(self, request):
+        tokens = super().get_queryset(request)
+        if request.user.is_superuser:
+            return tokens
+        return tokens.filter(user__in=users_managed_by(request.user).values("pk"))
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "user" and not request.user.is_superuser:
+            kwargs["queryset"] = users_managed_by(request.user)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
 
 class NodeInline(admin.TabularInline):
