@@ -42,13 +42,14 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q, QuerySet
 
 from config.files import folder_written_atomically
-from slides.models import Slide
+from slides.models import Node, Slide
 from slides.project_types import ProjectDefaults, ProjectType, defaults_for
 
 from .labels import PatchLabelError, PatchLabels, derive_patch_labels
-from .models import Dataset, LabelClass
+from .models import Annotation, Dataset, LabelClass
 
 TRAINING_CLASSES = ("non-tumour", "tumour")
 HASH_FORMAT = 1
@@ -101,8 +102,12 @@ def create_snapshot(
     min_tissue: float = 0.5,
     user=None,
     enqueue: bool = True,
+    dry_run: bool = False,
 ) -> Dataset:
     """Freeze the patch labels of `slides` into a new Dataset and queue its extraction.
+
+    With `dry_run` nothing is written or queued: the Dataset comes back unsaved, with the class
+    counts and the split by case it would have (what the Datasets page shows before creating).
 
     `patch_px` and `target_mpp` default to the project type of the slides' cases (lymph node: 40
     px at 1.0 µm/px; biopsy: 256 px at 0.5 µm/px); `stride_px` to the patch size.
@@ -221,6 +226,8 @@ def create_snapshot(
         balanced=balanced,
         project=project,
     )
+    if dry_run:
+        return Dataset(name=name, **record)
     if enqueue:
         from config.queueing import check_queue_reachable
 
@@ -241,6 +248,18 @@ def create_snapshot(
     except IntegrityError as exc:  # the same name, created meanwhile
         raise DatasetError(f"a dataset named {name!r} already exists: {exc}") from exc
     return dataset
+
+
+def default_snapshot_slides(slides: QuerySet[Slide]) -> QuerySet[Slide]:
+    """The slides a new snapshot takes by default, among `slides`: every slide with a tumour
+    annotation (not deleted), plus the slides of nodes whose ground truth is negative (all their
+    tissue is non-tumour)."""
+    tumour = Annotation.objects.filter(
+        deleted_at__isnull=True, label_class__kind=LabelClass.Kind.TUMOUR
+    ).values("slide_id")
+    return slides.filter(
+        Q(pk__in=tumour) | Q(node__ground_truth=Node.GroundTruth.NEGATIVE)
+    ).order_by("pk")
 
 
 def _queue_extraction(dataset: Dataset) -> None:

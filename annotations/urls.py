@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import views
+from . import dataset_views, views
 
 urlpatterns = [
+    path("datasets/", dataset_views.DatasetListView.as_view(), name="dataset-list"),
+    path("datasets/<int:pk>/", dataset_views.DatasetDetailView.as_view(), name="dataset-detail"),
     path("label-classes/", views.LabelClassList.as_view(), name="label-class-list"),
     path(
         "slides/<int:slide_id>/annotations/",
@@ -34,4 +36,8 @@ urlpatterns = [
         views.AnnotationHistoryList.as_view(),
         name="annotation-history",
     ),
+]
+
+page_urls = [
+    path("datasets/", dataset_views.datasets_page, name="datasets"),
 ]

@@ -9,6 +9,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
+from annotations import urls as annotation_urls
 from inference import urls as inference_urls
 from review import urls as review_urls
 from slides import urls as slide_urls
@@ -32,6 +33,7 @@ urlpatterns = [
     path("health/", slide_views.health, name="health"),
     path("admin/", admin.site.urls),
     path("api/", include(api_urls)),
+    path("", include(annotation_urls.page_urls)),
     path("", include(inference_urls.page_urls)),
     path("", include(review_urls.page_urls)),
     path("", include(slide_urls.page_urls)),
