@@ -52,6 +52,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Content-Security-Policy on everything; Cache-Control: no-store on HTML and JSON.
+    "config.headers.SecurityHeadersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -220,7 +222,8 @@ if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
+        # DRF tokens that expire after API_TOKEN_LIFETIME_HOURS (and die with the password).
+        "slides.auth.ExpiringTokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -235,11 +238,17 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    # `check --deploy` is for deployment settings (and must pass clean in production, see
+    # tests/security/test_sessions_and_headers.py); schema-generation notes are not for it.
+    "ENABLE_DJANGO_DEPLOY_CHECK": False,
 }
 
 # Log-in throttling: this many failures per username and per client address in the window.
 LOGIN_FAILURE_LIMIT = env_int("NODESCOPE_LOGIN_FAILURE_LIMIT", 5)
 LOGIN_FAILURE_WINDOW_SECONDS = env_int("NODESCOPE_LOGIN_FAILURE_WINDOW", 300)
+# API tokens (`Authorization: Token ...`) older than this many hours are refused (401) and deleted;
+# 0: no expiry. A password change or deactivation always deletes a user's tokens.
+API_TOKEN_LIFETIME_HOURS = env_int("NODESCOPE_API_TOKEN_LIFETIME_HOURS", 0)
 
 LOGGING = {
     "version": 1,
@@ -258,3 +267,31 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
 X_FRAME_OPTIONS = "DENY"
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+# HTTPS (production: docker/compose.yaml turns these on; the embedded demo serves plain HTTP).
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^health/$"]  # probes from inside the container network
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+if env_bool("NODESCOPE_BEHIND_TLS_PROXY", False):
+    # The TLS-terminating proxy in front says the request came over HTTPS (and strips the header
+    # from clients): only set this behind such a proxy.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# No inline script anywhere (page scripts are static files); JSON data islands (json_script) are
+# not executed, so they need no exception. Templates and OpenSeadragon use style attributes.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data: blob:",
+        "font-src 'self'",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)

@@ -43,6 +43,8 @@ def _storage(settings, tmp_path):
     from django.core.cache import caches
 
     caches["tiles"].clear()
+    # Remembered slide grants are keyed by user and slide ids, which a new test database reuses.
+    caches["default"].clear()
     from slides.tiles import source_cache
 
     source_cache.clear()
