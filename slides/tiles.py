@@ -127,6 +127,18 @@ def tile_etag(checksum: str, z: int, x: int, y: int, *, window_tag: str = "") ->
     return f'"{checksum[:20]}-{z}-{x}-{y}{suffix}"'
 
 
+def blind_tile_etag(
+    scope: str, checksum: str, z: int, x: int, y: int, *, window_tag: str = ""
+) -> str:
+    """The ETag of a tile shown blinded (a reader study's image): an HMAC under SECRET_KEY of the
+    scope, the checksum and the tile address, so it names neither the file nor the slide."""
+    from django.utils.crypto import salted_hmac
+
+    value = f"{scope}:{checksum}:{z}:{x}:{y}:{window_tag}"
+    digest = salted_hmac("nodescope.blind-tile-etag", value, algorithm="sha256").hexdigest()
+    return f'"b-{digest[:40]}"'
+
+
 def tile_in_pyramid(
     *,
     width: int,

@@ -116,9 +116,12 @@ def slide_tile(request: HttpRequest, pk: int, z: int, x: int, y: int) -> HttpRes
     return serve_tile(request, slide, z, x, y)
 
 
-def serve_tile(request: HttpRequest, slide: Slide, z: int, x: int, y: int) -> HttpResponse:
+def serve_tile(
+    request: HttpRequest, slide: Slide, z: int, x: int, y: int, *, blind_scope: str = ""
+) -> HttpResponse:
     """Answer one tile of ``slide`` (access already checked by the caller): the node-image
-    window from the query, ETag/304, private caching."""
+    window from the query, ETag/304, private caching. With ``blind_scope`` (a reader study's
+    image) the ETag is a keyed hash that cannot be matched to the slide's checksum."""
     window, window_tag = None, ""
     if slide.source == NODE_IMAGE_SOURCE:
         try:
@@ -127,7 +130,11 @@ def serve_tile(request: HttpRequest, slide: Slide, z: int, x: int, y: int) -> Ht
             )
         except ValueError as exc:
             return JsonResponse({"detail": str(exc)}, status=400)
-    etag = tiles.tile_etag(slide.checksum, z, x, y, window_tag=window_tag)
+    etag = (
+        tiles.blind_tile_etag(blind_scope, slide.checksum, z, x, y, window_tag=window_tag)
+        if blind_scope
+        else tiles.tile_etag(slide.checksum, z, x, y, window_tag=window_tag)
+    )
     if etag in request.headers.get("If-None-Match", ""):
         return _private_cache(HttpResponse(status=304), etag)
     try:

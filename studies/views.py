@@ -317,7 +317,9 @@ def reading_tile(request: HttpRequest, pk: int, image: int, z: int, x: int, y: i
     if user is None:
         return JsonResponse({"detail": "Authentication credentials were not provided."}, status=403)
     study, reader = _read(user, pk)
-    return serve_tile(request, _reading_image(study, reader, image).slide, z, x, y)
+    found = _reading_image(study, reader, image)
+    # The ETag is keyed on the study and image, not the file: it must not reveal the slide.
+    return serve_tile(request, found.slide, z, x, y, blind_scope=f"study:{study.pk}:{found.pk}")
 
 
 # ---- pages --------------------------------------------------------------------------------------
