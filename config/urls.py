@@ -40,3 +40,6 @@ urlpatterns = [
     path("", include("clinical.page_urls")),
     path("", include(study_urls.page_urls)),
 ]
+
+# A bad query parameter (config.params.BadParameter) in a page view: a 400 naming it.
+handler400 = "config.params.bad_request"

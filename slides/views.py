@@ -24,6 +24,8 @@ from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.parsers import FormParser
 from rest_framework.response import Response
 
+from config.params import id_param, int_param
+
 from . import tiles
 from .access import cases_for, has_role, nodes_for, slides_for
 from .auth import api_user, visible_slide_fields
@@ -166,10 +168,7 @@ def slide_thumbnail(request: HttpRequest, pk: int) -> HttpResponse:
     slide = _visible_slide(request, pk)
     if isinstance(slide, HttpResponse):
         return slide
-    try:
-        size = min(max(int(request.GET.get("size", 256)), 16), 1024)
-    except ValueError:
-        return JsonResponse({"detail": "size must be an integer between 16 and 1024"}, status=400)
+    size = int_param(request, "size", default=256, minimum=16, maximum=1024, clamp=True)
     etag = f'"{slide.checksum[:20]}-thumb-{size}"'
     if etag in request.headers.get("If-None-Match", ""):
         return _private_cache(HttpResponse(status=304), etag)
@@ -219,11 +218,9 @@ class NodeViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_queryset(self):
         qs = nodes_for(self.request.user).prefetch_related("slides").order_by("case_id", "label")
-        case = self.request.query_params.get("case")
-        if case:
-            if not case.isdigit():
-                raise ValidationError({"case": "must be a case id"})
-            qs = qs.filter(case_id=int(case))
+        case = id_param(self.request, "case")
+        if case is not None:
+            qs = qs.filter(case_id=case)
         return qs
 
 
