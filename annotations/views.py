@@ -21,6 +21,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.pagination import BoundedLimitOffsetPagination
+from config.params import parse_int
 from slides.access import has_role, slides_for
 from slides.models import Role, Slide
 
@@ -139,6 +140,8 @@ def parse_simplify(text: str | None) -> float | None:
 def parse_version(value) -> int | None:
     if value in (None, ""):
         return None
+    if isinstance(value, str):  # a query parameter or a form field: ASCII digits only
+        return parse_int(value, "version", minimum=1)
     try:
         version = int(value)
     except (TypeError, ValueError, OverflowError):

@@ -16,7 +16,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from audit.log import record
-from config.pagination import BoundedLimitOffsetPagination
+from config.pagination import MAX_OFFSET, BoundedLimitOffsetPagination
+from config.params import BadParameter, int_param, parse_int
 from slides.access import PROMOTERS, has_role, may_promote_models, nodes_for
 from slides.models import Role
 
@@ -258,8 +259,8 @@ def comparison_for(user, run: ScoringRun, params) -> tuple[RunComparison, str | 
     raw = (params.get("against") or "").strip()
     if raw:
         try:
-            pk = int(raw)
-        except ValueError:
+            pk = parse_int(raw, "against", maximum=None)
+        except BadParameter:
             errors["against"] = f"must be the id of a scoring run, not {raw!r}"
         else:
             if pk == run.pk:
@@ -356,10 +357,7 @@ def scoring_run_changes_page(request: HttpRequest, pk: int) -> HttpResponse:
         comparison, source = comparison_for(request.user, run, request.GET)
     except ValidationError as exc:
         errors = exc.detail  # type: ignore[assignment]
-    try:
-        offset = max(0, int(request.GET.get("offset", 0)))
-    except ValueError:
-        offset = 0
+    offset = int_param(request, "offset", default=0, minimum=0, maximum=MAX_OFFSET, clamp=True)
     changes = comparison.changes if comparison else []
     query = request.GET.copy()
     query.pop("offset", None)
