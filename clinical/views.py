@@ -18,6 +18,7 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.params import int_param
 from slides.access import cases_for, has_role
 from slides.models import Case, Role
 
@@ -162,15 +163,7 @@ class CaseMILPredictionView(APIView):
     )
     def get(self, request, pk: int):
         case = _visible_case(request.user, pk)
-        raw = request.query_params.get("model_version")
-        version_id = None
-        if raw not in (None, ""):
-            try:
-                version_id = int(raw)
-            except ValueError as exc:
-                raise ValidationError({"model_version": "must be a model version id"}) from exc
-            if not 0 < version_id < 2**31:
-                raise ValidationError({"model_version": "must be a model version id"})
+        version_id = int_param(request, "model_version", minimum=1)
         try:
             return Response(case_prediction(case, version_id=version_id))
         except PredictionUnavailable as exc:

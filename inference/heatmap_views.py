@@ -24,6 +24,7 @@ from django.urls import reverse
 from django.utils.cache import patch_cache_control
 from django.views.decorators.http import require_GET
 
+from config.params import INT64_MAX, BadParameter, parse_int
 from slides.auth import visible_slide_fields
 from slides.models import Slide
 
@@ -89,8 +90,8 @@ def _requested_heatmap(request: HttpRequest, slide_id: int) -> HeatMap:
     wanted = request.GET.get("heatmap")
     if wanted:
         try:
-            pk = int(wanted)
-        except ValueError as exc:
+            pk = parse_int(wanted, "heatmap", minimum=1, maximum=INT64_MAX)
+        except BadParameter as exc:
             raise Http404("No such heat map") from exc
         row = heatmap_rows.get(pk)
         if row is None or row.slide_id != slide_id:

@@ -20,6 +20,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
+from config.params import BadParameter, parse_int
 from slides.models import Slide
 
 from .heatmap_views import _cached, overlay_tile, visible_slide
@@ -41,12 +42,9 @@ def _version_id(request: HttpRequest, *, required: bool) -> int | None | JsonRes
     if raw in (None, ""):
         return _bad("model_version", "is required") if required else None
     try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if not 0 < value < 2**31:
+        return parse_int(raw, "model_version", minimum=1)
+    except BadParameter:
         return _bad("model_version", "must be a model version id")
-    return value
 
 
 def _is_mil_version(version_id: int) -> bool:

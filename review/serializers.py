@@ -6,6 +6,8 @@ import math
 
 from rest_framework import serializers
 
+from config.params import QueryIntegerField
+
 from .models import CaseSignOff, FurtherWork, ReviewDecision, ReviewStatus, ViewedRegion
 from .queues import QueueRow
 
@@ -151,7 +153,7 @@ class TriageQuerySerializer(serializers.Serializer):
     date_to = serializers.DateField(
         required=False, allow_null=True, help_text="cases created on or before"
     )
-    model_version = serializers.IntegerField(
+    model_version = QueryIntegerField(
         required=False,
         allow_null=True,
         min_value=1,
@@ -179,10 +181,8 @@ class MetricsQuerySerializer(serializers.Serializer):
     lab = serializers.CharField(
         max_length=40, required=False, allow_blank=True, help_text="lab id or code"
     )
-    bootstrap = serializers.IntegerField(required=False, min_value=0, max_value=5000, default=1000)
-    seed = serializers.IntegerField(
-        required=False, min_value=0, max_value=2**32 - 1, default=20261122
-    )
+    bootstrap = QueryIntegerField(required=False, min_value=0, max_value=5000, default=1000)
+    seed = QueryIntegerField(required=False, min_value=0, max_value=2**32 - 1, default=20261122)
 
 
 class ExportQuerySerializer(serializers.Serializer):

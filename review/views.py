@@ -25,7 +25,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from audit import log as audit
-from config.pagination import BoundedLimitOffsetPagination
+from config.pagination import MAX_OFFSET, BoundedLimitOffsetPagination
+from config.params import int_param
 from inference.records import ModelVersion
 from slides.access import cases_for, has_role, nodes_for
 from slides.models import Case, Lab, Node, Role
@@ -655,10 +656,9 @@ def triage_page(request: HttpRequest) -> HttpResponse:
             errors = exc.detail
         else:
             qs = triage_nodes(nodes_for(request.user), version=version, filters=filters)
-            try:
-                offset = max(0, int(request.GET.get("offset", 0)))
-            except ValueError:
-                offset = 0
+            offset = int_param(
+                request, "offset", default=0, minimum=0, maximum=MAX_OFFSET, clamp=True
+            )
             ids, total = queues.triage_ids(qs, offset=offset, limit=TRIAGE_PAGE_SIZE)
             nodes = queues.triage_page(ids, version=version)
     else:
