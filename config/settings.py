@@ -148,6 +148,11 @@ TILE_CACHE_SECONDS = env_int("NODESCOPE_TILE_CACHE_SECONDS", 3600)
 TILE_JPEG_QUALITY = env_int("NODESCOPE_TILE_JPEG_QUALITY", 85)
 # Outlines simplified for zoomed-out views, cached per annotation, version and tolerance.
 ANNOTATION_OUTLINE_CACHE_SECONDS = env_int("NODESCOPE_ANNOTATION_OUTLINE_CACHE_SECONDS", 24 * 3600)
+# Bounds of one annotation import (file, polygons, vertices): over one, the import is refused
+# (413) while the file is read, before any geometry is built, and nothing is written.
+ANNOTATION_IMPORT_MAX_BYTES = env_int("NODESCOPE_ANNOTATION_IMPORT_MAX_BYTES", 256 * 1024**2)
+ANNOTATION_IMPORT_MAX_POLYGONS = env_int("NODESCOPE_ANNOTATION_IMPORT_MAX_POLYGONS", 5000)
+ANNOTATION_IMPORT_MAX_VERTICES = env_int("NODESCOPE_ANNOTATION_IMPORT_MAX_VERTICES", 2_000_000)
 
 REDIS_CACHE_URL = env_str("REDIS_CACHE_URL", "")
 if REDIS_CACHE_URL:
