@@ -110,7 +110,19 @@ class Slide(models.Model):
     file_path = models.CharField(max_length=1024, help_text="File, or folder for a DICOM series")
     source = models.CharField(max_length=32, help_text="large-image source that opens it")
     vendor = models.CharField(max_length=64, blank=True)
-    checksum = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the file(s)")
+    checksum = models.CharField(
+        max_length=64, db_index=True, help_text="SHA-256 of the file(s); unique within a lab"
+    )
+    lab = models.ForeignKey(
+        Lab,
+        null=True,
+        blank=True,
+        editable=False,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The lab the file was registered in: a lab registers a file once; other labs "
+        "may register the same file",
+    )
     file_size = models.BigIntegerField()
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
@@ -141,9 +153,19 @@ class Slide(models.Model):
 
     class Meta:
         ordering = ["node_id", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["lab", "checksum"], name="slide_checksum_unique_in_lab")
+        ]
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args, **kwargs) -> None:
+        if self.lab_id is None and self.node_id is not None:
+            self.lab_id = (
+                Case.objects.filter(nodes__id=self.node_id).values_list("lab_id", flat=True).first()
+            )
+        super().save(*args, **kwargs)
 
     @property
     def is_node_image(self) -> bool:
