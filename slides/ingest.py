@@ -1,8 +1,12 @@
 """Registering slide files: read and check them with large-image, then create the Slide row.
 
-A file is registered only when it opens with an accepted whole-slide source, its pyramid is
-readable at both ends (lowest and highest resolution), and its checksum is new. Anything else
-raises `SlideImportError` naming the file and the reason, and nothing is written.
+A file is registered only when it is self-contained (or, imported from a manifest under an import
+root, names only files inside that root: `slides.file_formats`), opens with an accepted
+whole-slide source, its pyramid is readable at both ends (lowest and highest resolution) and lies
+wholly inside the file (a truncated file is refused, not registered as what is left of it), and
+its checksum is new to the node's lab. Anything else raises `SlideImportError` with the reason,
+and nothing is written. Reasons never carry a server path (`SlideImportError.reason` is what users
+see; the path is kept on the exception for logs).
 
 Before any pixel is decoded, `check_declared_size` reads only the file's headers and refuses
 decompression bombs: archives and plain images posing as slides, images declaring more pixels than
@@ -15,6 +19,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
+import struct
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,22 +29,35 @@ from pathlib import Path
 import tifffile
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from PIL import Image
 
+from .file_formats import (
+    IMPORTABLE_MULTI_FILE_SUFFIXES,
+    NotSelfContained,
+    check_folder_inside,
+    check_references_inside,
+    check_self_contained,
+    scrub_paths,
+    sniff,
+)
 from .models import Case, Lab, Node, Slide
 from .project_types import ProjectType, parse_project_type
 from .sources import SLIDE_SUFFIXES, open_source, resolve_slide_file, vendor_of
 
 Progress = Callable[[int, int], None]
 
+logger = logging.getLogger(__name__)
+
 
 class SlideImportError(Exception):
-    """A slide file that cannot be registered; the message names the file and the reason."""
+    """A slide file that cannot be registered. `reason` says what is wrong, with any absolute
+    path cut to its last component (users see it); `str()` adds the path, for logs and admins."""
 
     def __init__(self, path: Path | str, reason: str):
         self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
+        self.reason = scrub_paths(reason)
+        super().__init__(f"{path}: {self.reason}")
 
 
 @dataclass(frozen=True)
@@ -152,8 +171,10 @@ def _check_tiff(path: Path) -> None:
     try:
         tif = tifffile.TiffFile(path, _multifile=False)
     except Exception:  # noqa: BLE001 - large-image reports unreadable files with its own reason
+        _check_first_directory(path)
         return
     with tif:
+        check_tiff_complete(path, tif)
         ndpi = (
             tif.is_ndpi
         )  # NDPI stores level 0 as one restartable JPEG strip; OpenSlide reads it in parts
@@ -189,6 +210,99 @@ def _check_tiff(path: Path) -> None:
                 )
 
 
+def check_tiff_complete(path: Path, tif: tifffile.TiffFile) -> None:
+    """Refuse a truncated TIFF: every image directory of the chain, and every tile or strip of
+    every image (pyramid levels, SubIFD levels, label, macro, thumbnail), must lie inside the file.
+
+    Only directories and offset tables are read, no pixel. A truncated SVS would otherwise open as
+    a plain TIFF with its label and macro images gone; a pyramid cut short would fail tile by tile.
+    """
+    _check_first_directory(path)
+    size = tif.filehandle.size
+    truncated = "the file is truncated: "
+    fmt = tif.tiff
+    fh = tif.filehandle
+    try:
+        offset = int(tif.pages.first.offset)
+    except (IndexError, AttributeError):
+        return
+    seen: set[int] = set()
+    number = 1
+    while offset and offset not in seen and number <= MAX_TIFF_PAGES:
+        seen.add(offset)
+        if offset + fmt.tagnosize > size:
+            raise SlideImportError(
+                path, f"{truncated}image {number}'s directory starts at byte {offset:,} of {size:,}"
+            )
+        fh.seek(offset)
+        count = struct.unpack(fmt.tagnoformat, fh.read(fmt.tagnosize))[0]
+        end = offset + fmt.tagnosize + count * fmt.tagsize + fmt.offsetsize
+        if end > size:
+            raise SlideImportError(
+                path, f"{truncated}image {number}'s directory ends at byte {end:,} of {size:,}"
+            )
+        fh.seek(end - fmt.offsetsize)
+        offset = struct.unpack(fmt.offsetformat, fh.read(fmt.offsetsize))[0]
+        number += 1
+    pages: list[tuple[str, object]] = []
+    level = 0
+    for index, page in enumerate(tif.pages):
+        if page.is_tiled or index == 0:
+            pages.append((f"level {level}'s tiles", page))
+            level += 1
+        else:
+            pages.append((f"{_image_name(page, index)}'s strips", page))
+        for sub, subifd in enumerate(getattr(page, "pages", None) or ()):
+            pages.append((f"image {index + 1}'s sub-resolution {sub + 1}", subifd))
+    for what, page in pages:
+        offsets = getattr(page, "dataoffsets", ()) or ()
+        counts = getattr(page, "databytecounts", ()) or ()
+        if int(getattr(page, "imagewidth", 0) or 0) > 0 and not len(offsets):
+            raise SlideImportError(path, f"{truncated}{what} have no offsets in the file")
+        end = max(
+            (int(o) + int(c) for o, c in zip(offsets, counts, strict=False) if int(c)), default=0
+        )
+        if end > size:
+            raise SlideImportError(path, f"{truncated}{what} end at byte {end:,} of {size:,}")
+
+
+def _check_first_directory(path: Path) -> None:
+    """Refuse a TIFF whose header points past the end of the file (a pyramid cut before its
+    first directory, which SVS writers put at the end)."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    order = "<" if head[:2] == b"II" else ">"
+    try:
+        if head[2:4] in (b"*\x00", b"\x00*"):
+            offset = struct.unpack(order + "I", head[4:8])[0]
+        else:
+            offset = struct.unpack(order + "Q", head[8:16])[0]
+    except struct.error:
+        return
+    if offset >= 2 * size:  # far beyond the end: more likely garbage than a cut-off file
+        raise SlideImportError(
+            path,
+            f"not a readable whole-slide image: its TIFF header points at byte {offset:,} of a "
+            f"{size:,}-byte file (corrupt or truncated)",
+        )
+    if offset >= size:
+        raise SlideImportError(
+            path,
+            f"the file is truncated: its first image directory starts at byte {offset:,} "
+            f"of {size:,}",
+        )
+
+
+def _image_name(page, index: int) -> str:
+    """An untiled TIFF image by what it shows, where its description says (SVS: label, macro)."""
+    description = (getattr(page, "description", "") or "").lower()
+    for word in ("label", "macro", "thumbnail"):
+        if word in description:
+            return f"the {word} image"
+    return f"image {index + 1}"
+
+
 def _check_tiff_page(
     path: Path, page, where: str, *, limit: int, side: int, ndpi: bool
 ) -> tuple[int, int] | None:
@@ -217,23 +331,29 @@ def _check_tiff_page(
     return None
 
 
-def inspect_slide_file(path: Path) -> SlideFileInfo:
-    """Open a slide with large-image and read its metadata, checking that pixels decode."""
+def inspect_slide_file(path: Path, *, import_root: Path | None = None) -> SlideFileInfo:
+    """Open a slide with large-image and read its metadata, checking that pixels decode.
+
+    Only self-contained files are accepted (`check_file_format`); with `import_root` (a manifest
+    row under one of `SLIDE_IMPORT_ROOTS`) also multi-file formats that name only files inside it.
+    """
     path = Path(path)
     if not path.exists():
         raise SlideImportError(path, "file not found")
-    if path.is_file() and path.suffix.lower() not in SLIDE_SUFFIXES:
+    suffixes = SLIDE_SUFFIXES | (IMPORTABLE_MULTI_FILE_SUFFIXES if import_root else set())
+    if path.is_file() and path.suffix.lower() not in suffixes:
         raise SlideImportError(
             path,
-            f"unsupported file type {path.suffix or '(none)'!r}; expected one of {sorted(SLIDE_SUFFIXES)}",
+            f"unsupported file type {path.suffix or '(none)'!r}; expected one of {sorted(suffixes)}",
         )
     if path.is_file() and path.stat().st_size == 0:
         raise SlideImportError(path, "file is empty")
     try:
         target = resolve_slide_file(path)
     except FileNotFoundError as exc:
-        raise SlideImportError(path, str(exc)) from exc
+        raise SlideImportError(path, "the folder holds no .dcm files") from exc
     check_declared_size(target)
+    check_file_format(path, target, import_root=import_root)
     try:
         source = open_source(path)
     except Exception as exc:  # noqa: BLE001 - large-image and its libraries raise many types
@@ -272,6 +392,33 @@ def inspect_slide_file(path: Path) -> SlideFileInfo:
     )
 
 
+def check_file_format(path: Path, target: Path, *, import_root: Path | None = None) -> None:
+    """Refuse a file that is not self-contained (see `slides.file_formats`).
+
+    A DICOM file is read with the DICOM files beside it, so every file of its folder must resolve
+    inside `import_root` (or, without one, inside that folder). A VMS/VMU/MRXS is accepted only
+    with `import_root`, when every file it names resolves inside it.
+    """
+    try:
+        kind = check_self_contained(target)
+        if kind == "dicom":
+            folder = target.parent
+            check_folder_inside(folder, import_root or folder)
+        return
+    except NotSelfContained as exc:
+        refusal = exc
+    if import_root is not None and path.is_file():
+        kind = sniff(path)
+        suffix = path.suffix.lower()
+        if (suffix in {".vms", ".vmu"} and kind == "vms") or (suffix == ".mrxs" and kind == "mrxs"):
+            try:
+                check_references_inside(path, import_root)
+            except NotSelfContained as exc:
+                raise SlideImportError(path, str(exc)) from exc
+            return
+    raise SlideImportError(path, str(refusal)) from refusal
+
+
 def _check_pixels(source, meta: dict) -> None:
     """Decode the lowest-resolution tile and the last tiles of the full-resolution level.
 
@@ -291,14 +438,29 @@ def _short(exc: Exception) -> str:
 
 
 def register_slide(
-    *, node: Node, path: Path, name: str | None = None, user=None, synthetic: bool = False
+    *,
+    node: Node,
+    path: Path,
+    name: str | None = None,
+    user=None,
+    synthetic: bool = False,
+    multi_file: bool = False,
 ) -> Slide:
-    """Inspect `path` and register it as a slide of `node`. Refuses duplicates by checksum."""
+    """Inspect `path` and register it as a slide of `node`. Refuses files already registered in
+    the node's lab (same checksum).
+
+    Only self-contained files are accepted, unless `multi_file` (manifest imports): then a
+    VMS/VMU/MRXS under one of `SLIDE_IMPORT_ROOTS` whose every named file lies inside that root.
+    """
     path = Path(path).resolve()
-    _check_import_root(path)
-    info = inspect_slide_file(path)
-    checksum, size = file_checksum(path)
-    refuse_duplicate(path, checksum, what="slide")
+    try:
+        _check_import_root(path)
+        info = inspect_slide_file(path, import_root=multi_file_root(path) if multi_file else None)
+        checksum, size = file_checksum(path)
+        refuse_duplicate(path, checksum, what="slide", node=node, user=user)
+    except SlideImportError as exc:
+        logger.info("slide file refused: %s", exc)  # the path, for admins; users get the reason
+        raise
     return create_slide_row(
         path,
         checksum=checksum,
@@ -321,13 +483,40 @@ def register_slide(
     )
 
 
-def refuse_duplicate(path: Path, checksum: str, *, what: str) -> None:
-    """Refuse a file whose checksum is already registered, saying as what and where."""
-    existing = Slide.objects.filter(checksum=checksum).select_related("node__case").first()
-    if existing:
+def multi_file_root(path: Path) -> Path | None:
+    """The import root (one of `SLIDE_IMPORT_ROOTS`) holding `path`, where multi-file formats may
+    be imported from; None when there is none (they are then refused)."""
+    path = Path(path).resolve()
+    for root in settings.SLIDE_IMPORT_ROOTS:
+        root = Path(root).resolve()
+        if path.is_relative_to(root):
+            return root
+    return None
+
+
+def refuse_duplicate(path: Path, checksum: str, *, what: str, node: Node, user=None) -> None:
+    """Refuse a file whose checksum is already registered in `node`'s lab.
+
+    Another lab may hold the same file: labs are separate, and a lab is never told what another
+    holds. The existing row is named only when `user` may see it (or for server-side imports,
+    `user` None); otherwise the message says only that the lab has it.
+    """
+    from .access import slides_for
+
+    lab_id = node.case.lab_id
+    existing = (
+        Slide.objects.filter(checksum=checksum)
+        .filter(Q(lab_id=lab_id) | Q(node__case__lab_id=lab_id))
+        .select_related("node__case")
+        .first()
+    )
+    if existing is None:
+        return
+    if user is None or slides_for(user).filter(pk=existing.pk).exists():
         raise SlideImportError(
             path, f"already imported as {what} {existing.pk} ({existing.name}) of {existing.node}"
         )
+    raise SlideImportError(path, f"already imported in this lab (same checksum) as another {what}")
 
 
 def create_slide_row(
@@ -342,11 +531,13 @@ def create_slide_row(
     **fields,
 ) -> Slide:
     """The Slide row of a newly imported file (whole slide or node image); a concurrent import
-    of the same file that won the race (the checksum is unique) is refused, nothing written."""
+    of the same file into the same lab that won the race (checksums are unique per lab) is
+    refused, nothing written."""
     try:
         with transaction.atomic():
             return Slide.objects.create(
                 node=node,
+                lab_id=node.case.lab_id,
                 name=name or path.name,
                 file_path=str(path),
                 checksum=checksum,
@@ -356,7 +547,7 @@ def create_slide_row(
                 **fields,
             )
     except IntegrityError as exc:  # a concurrent import of the same file won the race
-        raise SlideImportError(path, "already imported (same checksum)") from exc
+        raise SlideImportError(path, "already imported in this lab (same checksum)") from exc
 
 
 def _check_import_root(path: Path) -> None:
@@ -488,7 +679,7 @@ def _import_row(
             return register_node_image(
                 node=node, path=path, user=user, synthetic=synthetic, **node_image
             )
-        return register_slide(node=node, path=path, user=user, synthetic=synthetic)
+        return register_slide(node=node, path=path, user=user, synthetic=synthetic, multi_file=True)
 
 
 def _node_image_options(row: dict[str, str], file_field: str) -> dict | None:
@@ -574,7 +765,7 @@ def import_files(
             if modality and modality != Slide.Modality.SLIDE:
                 slide = register_node_image(node=node, path=path, user=user, modality=modality)
             else:
-                slide = register_slide(node=node, path=path, user=user)
+                slide = register_slide(node=node, path=path, user=user, multi_file=True)
             report.imported.append(slide)
         except SlideImportError as exc:
             report.failed.append((i, str(path), exc.reason))

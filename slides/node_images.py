@@ -14,7 +14,8 @@ z/x/y scheme as large-image (z=0: the whole image in one tile), see `node_image_
 - Refused with `SlideImportError` naming the file, before anything is written: unsupported types,
   multi-frame DICOM, DICOM whose compressed transfer syntax no installed decoder reads, corrupt or
   truncated files, images whose headers declare more pixels than Pillow's limit (judged before any
-  pixel is decoded), and files already imported (same checksum).
+  pixel is decoded), DICOM whose transfer syntax UID is no standard one (named in the refusal),
+  and files already imported in the node's lab (same checksum; other labs may hold the file).
 """
 
 from __future__ import annotations
@@ -239,10 +240,16 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, dict]:
             path, f"multi-frame DICOM ({frames} frames) refused: import single frames"
         )
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and not pydicom.uid.UID(str(syntax)).is_transfer_syntax:
+        raise SlideImportError(
+            path,
+            f"unknown DICOM transfer syntax {str(syntax)!r} (not a transfer syntax UID of the "
+            "DICOM standard); export uncompressed (Explicit VR Little Endian)",
+        )
     try:
         raw = ds.pixel_array
     except Exception as exc:  # noqa: BLE001
-        if syntax is not None and syntax.is_compressed:
+        if syntax is not None and pydicom.uid.UID(str(syntax)).is_compressed:
             raise SlideImportError(
                 path,
                 f"compressed DICOM transfer syntax {syntax.name} ({syntax}) cannot be decoded "
@@ -409,7 +416,7 @@ def register_node_image(
     _check_suffix(path)
     array, info = read_node_image(path)
     checksum, size = file_checksum(path)
-    refuse_duplicate(path, checksum, what="image")
+    refuse_duplicate(path, checksum, what="image", node=node, user=user)
     if window_center is None and info.bits != 8:
         window_center, window_width = info.window_center, info.window_width
     slide = create_slide_row(

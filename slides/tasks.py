@@ -19,7 +19,8 @@ def register_slide_task(node_id: int, path: str, user_id: int | None = None) -> 
     try:
         slide = register_slide(node=node, path=Path(path), user=user)
     except SlideImportError as exc:
-        return {"ok": False, "file": exc.path, "reason": exc.reason}
+        # The reason carries no server path; the file is named, not located (the log has it).
+        return {"ok": False, "file": Path(exc.path).name, "reason": exc.reason}
     return {"ok": True, "slide": slide.pk, "width": slide.width, "height": slide.height}
 
 
