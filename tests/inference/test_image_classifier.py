@@ -326,7 +326,15 @@ def test_model_page_comparison_and_operating_point_routes(two_versions, people, 
         client.post(url, {"method": "youden"}, content_type="application/json").status_code == 403
     )
 
+    # a live model's operating point is what every lab screens at: platform operators only
     client.force_login(people.admin)
+    refused = client.post(url, {"method": "youden"}, content_type="application/json")
+    assert refused.status_code == 403 and "platform" in refused.json()["detail"]
+    assert 'id="operating-point"' not in client.get(f"/models/{first.pk}/").content.decode()
+    from slides.access import grant_role
+    from slides.models import Role
+
+    grant_role(people.admin, Role.PLATFORM_ADMIN)
     bad = client.post(url, {"target_sensitivity": 1.5}, content_type="application/json")
     assert bad.status_code == 400 and "target_sensitivity" in bad.json()
     bad = client.post(url, {"method": "best"}, content_type="application/json")

@@ -239,8 +239,10 @@ def test_one_action_mines_and_trains_a_secondary(negative_case, tumour_arrays, p
 
 
 def test_only_admins_launch_the_chain_and_bad_requests_say_why(
-    client, people, negative_case, tumour_arrays, primary
+    client, people, negative_case, tumour_arrays, primary, settings
 ):
+    # an admin's run reads files under the import roots only (inference.scope)
+    settings.SLIDE_IMPORT_ROOTS = [Path(tumour_arrays[0]).parent]
     url = f"/api/model-versions/{primary.pk}/train-secondary/"
     client.force_login(people.pathologist)
     assert client.post(url, {}, content_type="application/json").status_code == 403

@@ -101,7 +101,13 @@ def test_redis_killed_and_restarted_under_a_worker_and_the_web_app(
     redis = RedisServer(tmp_path / "redis", appendonly=True).start()
     web = None
     api = None
-    broker = {"CELERY_BROKER_URL": redis.url, "CELERY_RESULT_BACKEND": redis.url}
+    broker = {
+        "CELERY_BROKER_URL": redis.url,
+        "CELERY_RESULT_BACKEND": redis.url,
+        # an admin's runs read files under the import roots only (inference.scope), checked by
+        # the web app at launch and by the worker again
+        "NODESCOPE_IMPORT_ROOTS": str(tmp_path),
+    }
     try:
         folder = write_blob_folder(tmp_path / "blobs", n=96, size=16)
         worker = start_worker(queue, tmp_path / "worker.log", **broker)

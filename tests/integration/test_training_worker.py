@@ -16,10 +16,16 @@ from tests.integration.workers import start_worker, wait_for
 
 
 @pytest.mark.worker
-def test_real_worker_trains_a_tiny_model_well_above_chance(training_queue, tmp_path, people):
+def test_real_worker_trains_a_tiny_model_well_above_chance(
+    training_queue, tmp_path, people, settings
+):
     queue, workers = training_queue
     folder = write_blob_folder(tmp_path / "blobs", n=48, size=16)
-    workers.append(start_worker(queue, tmp_path / "worker.log"))
+    # an admin's run reads files under the import roots only, at launch and on the worker
+    settings.SLIDE_IMPORT_ROOTS = [tmp_path]
+    workers.append(
+        start_worker(queue, tmp_path / "worker.log", NODESCOPE_IMPORT_ROOTS=str(tmp_path))
+    )
     run = launch_training(
         dataset_source={"kind": "image-folder", "path": str(folder)},
         recipe={"max_epochs": 4, "batch_size": 16, "model_kwargs": {"width_mult": 0.25}},

@@ -8,7 +8,7 @@
     event.preventDefault();
     const error = document.getElementById("launch-error");
     let dataset, recipe;
-    try { dataset = JSON.parse(form.dataset.value); recipe = JSON.parse(form.recipe.value || "{}"); }
+    try { dataset = JSON.parse(form.elements.dataset.value); recipe = JSON.parse(form.recipe.value || "{}"); }
     catch (e) { error.textContent = "Dataset and recipe must be JSON: " + e.message; return; }
     const response = await post("/api/training-runs/", {dataset_source: dataset, architecture: form.architecture.value, stage: form.stage.value, recipe});
     if (response.ok) { location.reload(); return; }
@@ -23,7 +23,9 @@
     const response = await post(url, body);
     if (response.ok) { location.reload(); return; }
     const answer = await response.json().catch(() => ({}));
-    document.getElementById("promote-error").textContent = answer.detail || JSON.stringify(answer);
+    const error = document.getElementById("promote-error");
+    error.textContent = answer.detail || JSON.stringify(answer);
+    error.hidden = false;
   };
   document.querySelectorAll("button.promote").forEach((b) => b.addEventListener("click", () =>
     changeLive(`/api/model-versions/${b.dataset.version}/promote/`)));
