@@ -1,4 +1,5 @@
-"""Training runs and model versions: REST API (admins launch, cancel, promote) and pages."""
+"""Training runs and model versions: REST API (admins launch and cancel their runs; platform
+operators promote, roll back and cancel any run: slides.access.may_promote_models) and pages."""
 
 from __future__ import annotations
 
