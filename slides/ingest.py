@@ -210,60 +210,115 @@ def _check_tiff(path: Path) -> None:
                 )
 
 
+# Bytes per value of each TIFF field type (TIFF 6.0 and BigTIFF).
+TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
+TIFF_TYPE_SIZES.update({16: 8, 17: 8, 18: 8})
+SUBIFDS_TAG = 330
+
+
 def check_tiff_complete(path: Path, tif: tifffile.TiffFile) -> None:
-    """Refuse a truncated TIFF: every image directory of the chain, and every tile or strip of
-    every image (pyramid levels, SubIFD levels, label, macro, thumbnail), must lie inside the file.
+    """Refuse a truncated TIFF: every image directory (the chain and SubIFD levels), every value a
+    directory points at (tile and strip offset tables, descriptions), and every tile or strip of
+    every image (pyramid levels, label, macro, thumbnail) must lie inside the file.
 
     Only directories and offset tables are read, no pixel. A truncated SVS would otherwise open as
     a plain TIFF with its label and macro images gone; a pyramid cut short would fail tile by tile.
     """
     _check_first_directory(path)
     size = tif.filehandle.size
-    truncated = "the file is truncated: "
-    fmt = tif.tiff
-    fh = tif.filehandle
+    _check_directories(path, tif, size)
+    pages: list[tuple[str, object]] = []
+    level = 0
     try:
-        offset = int(tif.pages.first.offset)
+        for index, page in enumerate(tif.pages):
+            if page.is_tiled or index == 0:
+                pages.append((f"level {level}'s tiles", page))
+                level += 1
+            else:
+                pages.append((f"{_image_name(page, index)}'s strips", page))
+            for sub, subifd in enumerate(getattr(page, "pages", None) or ()):
+                pages.append((f"image {index + 1}'s sub-resolution {sub + 1}'s tiles", subifd))
+        for what, page in pages:
+            offsets = getattr(page, "dataoffsets", ()) or ()
+            counts = getattr(page, "databytecounts", ()) or ()
+            if int(getattr(page, "imagewidth", 0) or 0) > 0 and not len(offsets):
+                raise SlideImportError(path, f"the file is corrupt: {what} have no offsets")
+            end = max(
+                (int(o) + int(c) for o, c in zip(offsets, counts, strict=False) if int(c)),
+                default=0,
+            )
+            if end > size:
+                raise SlideImportError(
+                    path, f"the file is truncated: {what} end at byte {end:,} of {size:,}"
+                )
+    except tifffile.TiffFileError as exc:
+        raise SlideImportError(
+            path, f"the file is truncated or corrupt: its images cannot be read ({_short(exc)})"
+        ) from exc
+
+
+def _check_directories(path: Path, tif: tifffile.TiffFile, size: int) -> None:
+    """Walk the image directories (IFD chain and SubIFDs) from the raw bytes; refuse one that
+    starts or ends past the end of the file, or whose values (offset tables, descriptions) do."""
+    fmt, fh = tif.tiff, tif.filehandle
+    big = fmt.tagsize == 20
+    entry_format = fmt.byteorder + ("HHQ8s" if big else "HHI4s")
+    inline = 8 if big else 4
+    try:
+        first = int(tif.pages.first.offset)
     except (IndexError, AttributeError):
         return
+    queue: list[tuple[str, int, int | None]] = [("image 1", first, 1)]  # name, offset, chain no.
     seen: set[int] = set()
-    number = 1
-    while offset and offset not in seen and number <= MAX_TIFF_PAGES:
+    while queue and len(seen) < 4 * MAX_TIFF_PAGES:
+        name, offset, number = queue.pop(0)
+        if offset in seen:
+            continue
         seen.add(offset)
         if offset + fmt.tagnosize > size:
             raise SlideImportError(
-                path, f"{truncated}image {number}'s directory starts at byte {offset:,} of {size:,}"
+                path,
+                f"the file is truncated: {name}'s directory starts at byte {offset:,} of {size:,}",
             )
         fh.seek(offset)
         count = struct.unpack(fmt.tagnoformat, fh.read(fmt.tagnosize))[0]
         end = offset + fmt.tagnosize + count * fmt.tagsize + fmt.offsetsize
-        if end > size:
+        if count > 4096 or end > size:
             raise SlideImportError(
-                path, f"{truncated}image {number}'s directory ends at byte {end:,} of {size:,}"
+                path, f"the file is truncated: {name}'s directory ends at byte {end:,} of {size:,}"
             )
-        fh.seek(end - fmt.offsetsize)
-        offset = struct.unpack(fmt.offsetformat, fh.read(fmt.offsetsize))[0]
-        number += 1
-    pages: list[tuple[str, object]] = []
-    level = 0
-    for index, page in enumerate(tif.pages):
-        if page.is_tiled or index == 0:
-            pages.append((f"level {level}'s tiles", page))
-            level += 1
-        else:
-            pages.append((f"{_image_name(page, index)}'s strips", page))
-        for sub, subifd in enumerate(getattr(page, "pages", None) or ()):
-            pages.append((f"image {index + 1}'s sub-resolution {sub + 1}", subifd))
-    for what, page in pages:
-        offsets = getattr(page, "dataoffsets", ()) or ()
-        counts = getattr(page, "databytecounts", ()) or ()
-        if int(getattr(page, "imagewidth", 0) or 0) > 0 and not len(offsets):
-            raise SlideImportError(path, f"{truncated}{what} have no offsets in the file")
-        end = max(
-            (int(o) + int(c) for o, c in zip(offsets, counts, strict=False) if int(c)), default=0
-        )
-        if end > size:
-            raise SlideImportError(path, f"{truncated}{what} end at byte {end:,} of {size:,}")
+        entries = fh.read(count * fmt.tagsize)
+        for i in range(count):
+            tag, kind, n, value = struct.unpack_from(entry_format, entries, i * fmt.tagsize)
+            nbytes = n * TIFF_TYPE_SIZES.get(kind, 1)
+            if nbytes <= inline:
+                at, values = None, value[:nbytes]
+            else:
+                at = struct.unpack(fmt.byteorder + ("Q" if big else "I"), value)[0]
+                if at + nbytes > size:
+                    tag_name = tifffile.TIFF.TAGS.get(tag, f"tag {tag}")
+                    raise SlideImportError(
+                        path,
+                        f"the file is truncated: {name}'s {tag_name} ends at byte "
+                        f"{at + nbytes:,} of {size:,}",
+                    )
+                values = None
+            if tag == SUBIFDS_TAG and kind in (4, 13, 16, 18):
+                if values is None:
+                    fh.seek(at)
+                    values = fh.read(nbytes)
+                wide = kind in (16, 18)
+                subs = struct.unpack(f"{fmt.byteorder}{n}{'Q' if wide else 'I'}", values)
+                queue += [
+                    (f"{name}'s sub-resolution {k + 1}", int(sub), None)
+                    for k, sub in enumerate(subs)
+                    if sub
+                ]
+        if number is not None:
+            fh.seek(end - fmt.offsetsize)
+            following = struct.unpack(fmt.offsetformat, fh.read(fmt.offsetsize))[0]
+            if following:
+                queue.append((f"image {number + 1}", int(following), number + 1))
 
 
 def _check_first_directory(path: Path) -> None:

@@ -404,6 +404,29 @@ def test_truncated_pyramid_tiff_names_the_level(node, tmp_path):
     assert not Slide.objects.exists()
 
 
+def test_truncated_ome_pyramid_names_the_sub_resolution(tmp_path):
+    """OME-TIFF keeps its levels in SubIFDs: their directories and tiles are checked too."""
+    from slides.ingest import check_tiff_complete
+
+    image = gradient_image(1400, 1000)
+    whole = tmp_path / "whole.ome.tif"
+    with tifffile.TiffWriter(whole, bigtiff=True, ome=True) as tif:
+        tif.write(image, tile=(256, 256), photometric="rgb", compression="jpeg", subifds=1)
+        tif.write(image[::2, ::2], tile=(256, 256), photometric="rgb", compression="jpeg")
+    with tifffile.TiffFile(whole) as tif:
+        check_tiff_complete(whole, tif)  # complete: no refusal
+        sub = tif.pages[0].pages[0]
+        cut_at = int(sub.dataoffsets[-1]) + 1
+    cut = tmp_path / "cut.ome.tif"
+    cut.write_bytes(whole.read_bytes()[:cut_at])
+    with (
+        pytest.raises(SlideImportError, match="the file is truncated: image 1's") as err,
+        tifffile.TiffFile(cut) as tif,
+    ):
+        check_tiff_complete(cut, tif)
+    assert f"of {cut_at:,}" in err.value.reason
+
+
 # ---- item 12: no server paths in messages -----------------------------------------------------------
 
 
