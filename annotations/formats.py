@@ -4,7 +4,11 @@ Readers turn a file into `ParsedAnnotation`s without judging them: geometry prob
 non-numeric coordinates, self-intersections...) are found by the one validation path in
 `services.import_annotations`, which names every bad polygon and imports nothing if any is bad.
 Only a file that cannot be read at all (not XML, not JSON, wrong top-level shape) raises
-`FormatError` here.
+`FormatError` here, and one over the import bounds (`services.ImportBudget`: polygons and vertices
+per import, counted while the file is read) raises `ImportTooLarge`.
+
+XML is parsed by defusedxml with DTDs forbidden: a DOCTYPE, an entity declaration (billion laughs)
+or an external entity is refused whatever the file's encoding (UTF-8, UTF-16 with a BOM...).
 
 Classes:
 - QuPath: `properties.classification.name` (or a plain string), matched to a label class by key or
@@ -21,18 +25,21 @@ Classes:
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
-import xml.etree.ElementTree as ET
+import xml.etree.ElementTree as ET  # building ASAP files for export; never for parsing input
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from math import cos, sin
+from math import cos, isfinite, sin
 
 import numpy as np
+from defusedxml import DefusedXmlException
+from defusedxml import ElementTree as SafeET
 
 from .geometry import InvalidAnnotation, rings_of
 from .models import Annotation, LabelClass
-from .services import ParsedAnnotation
+from .services import ImportBudget, ParsedAnnotation
 
 
 class FormatError(InvalidAnnotation):
@@ -104,6 +111,22 @@ def _parts(geometry: dict) -> list[list[list]]:
     return [[ring.tolist() for ring in rings] for rings in rings_of(geometry)]
 
 
+def _points(coordinates: object) -> int:
+    """Points (lists that start with a number) anywhere in a nest of lists: a file's vertices,
+    counted without building anything (iteratively: JSON nests as deep as it likes)."""
+    count = 0
+    stack = [coordinates]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list | tuple) and item:
+            first = item[0]
+            if isinstance(first, int | float) and not isinstance(first, bool):
+                count += 1
+            else:
+                stack.extend(item)
+    return count
+
+
 def _load_json(data: bytes, what: str) -> object:
     try:
         return json.loads(data.decode("utf-8-sig"))
@@ -114,8 +137,9 @@ def _load_json(data: bytes, what: str) -> object:
 # ---- QuPath GeoJSON -----------------------------------------------------------------------------
 
 
-def read_qupath(data: bytes) -> list[ParsedAnnotation]:
+def read_qupath(data: bytes, budget: ImportBudget | None = None) -> list[ParsedAnnotation]:
     """A QuPath GeoJSON export: FeatureCollection, a list of features, or one feature."""
+    budget = budget or ImportBudget.from_settings()
     doc = _load_json(data, "QuPath GeoJSON")
     if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
         features = doc.get("features")
@@ -130,6 +154,8 @@ def read_qupath(data: bytes) -> list[ParsedAnnotation]:
     classes = _classes()
     items = []
     for i, feature in enumerate(features):
+        geometry = feature.get("geometry")
+        budget.polygon(_points(geometry.get("coordinates") if isinstance(geometry, dict) else None))
         props = feature.get("properties")
         props = props if isinstance(props, dict) else {}
         classification = props.get("classification")
@@ -142,7 +168,7 @@ def read_qupath(data: bytes) -> list[ParsedAnnotation]:
             ParsedAnnotation(
                 name=str(name),
                 class_name=word,
-                geometry=feature.get("geometry"),  # type: ignore[arg-type]
+                geometry=geometry,  # type: ignore[arg-type]
                 label_class=class_key_for(word, classes),
             )
         )
@@ -174,19 +200,41 @@ def write_qupath(annotations: Sequence[Annotation]) -> bytes:
 # ---- ASAP XML -----------------------------------------------------------------------------------
 
 
-def read_asap(data: bytes) -> list[ParsedAnnotation]:
-    """ASAP XML as CAMELYON16 shipped it. Entity declarations are refused (no XML bombs)."""
-    head = data[:4096].upper()
-    if b"<!DOCTYPE" in head or b"<!ENTITY" in data.upper():
-        raise FormatError("ASAP XML with a DOCTYPE or entity declarations is not accepted")
+def _parse_asap(data: bytes, budget: ImportBudget) -> ET.Element:
+    """The document's root, parsed by defusedxml (no DTD, no entities, any encoding), counting
+    annotations and coordinates as they come so that an oversized file stops early."""
+    root = None
     try:
-        root = ET.fromstring(data)
-    except ET.ParseError as exc:
-        raise FormatError(f"not an ASAP XML file: not well-formed XML ({exc})") from exc
-    if root.tag != "ASAP_Annotations":
+        events = SafeET.iterparse(io.BytesIO(data), events=("start", "end"), forbid_dtd=True)
+        for event, element in events:
+            if root is None:
+                root = element
+                if root.tag != "ASAP_Annotations":
+                    raise FormatError(
+                        f"not an ASAP XML file: the root element is <{root.tag}>,"
+                        " not <ASAP_Annotations>"
+                    )
+            if event == "start" and element.tag == "Annotation":
+                budget.polygon()
+            elif event == "end" and element.tag == "Coordinate":
+                budget.add_vertices(1)
+    except InvalidAnnotation:  # ImportTooLarge, or a root that is not ASAP's
+        raise
+    except DefusedXmlException as exc:
         raise FormatError(
-            f"not an ASAP XML file: the root element is <{root.tag}>, not <ASAP_Annotations>"
-        )
+            f"ASAP XML with a DOCTYPE or entity declarations is not accepted ({type(exc).__name__})"
+        ) from exc
+    except (ET.ParseError, ValueError) as exc:  # ValueError: an encoding expat cannot read
+        raise FormatError(f"not an ASAP XML file: not well-formed XML ({exc})") from exc
+    if root is None:  # pragma: no cover - expat reports an empty document as a ParseError
+        raise FormatError("not an ASAP XML file: no root element")
+    return root
+
+
+def read_asap(data: bytes, budget: ImportBudget | None = None) -> list[ParsedAnnotation]:
+    """ASAP XML as CAMELYON16 shipped it. DOCTYPEs and entity declarations are refused (no XML
+    bombs, no external entities), in any encoding."""
+    root = _parse_asap(data, budget or ImportBudget.from_settings())
     classes = _classes()
     items = []
     for i, element in enumerate(root.iter("Annotation")):
@@ -284,8 +332,9 @@ def _asap_polygon(parent: ET.Element, name: str, group: str, colour: str, ring: 
 # ---- DSA annotation JSON ------------------------------------------------------------------------
 
 
-def read_dsa(data: bytes) -> list[ParsedAnnotation]:
+def read_dsa(data: bytes, budget: ImportBudget | None = None) -> list[ParsedAnnotation]:
     """A Digital Slide Archive annotation document (or `{"annotation": ...}`, or a list of them)."""
+    budget = budget or ImportBudget.from_settings()
     doc = _load_json(data, "DSA annotation")
     docs = doc if isinstance(doc, list) else [doc]
     elements: list[tuple[str, dict]] = []
@@ -303,6 +352,10 @@ def read_dsa(data: bytes) -> list[ParsedAnnotation]:
     for i, (doc_name, element) in enumerate(elements):
         if not isinstance(element, dict):
             raise FormatError(f"DSA element {i} is not an object")
+        shape = element.get("type")
+        budget.polygon(
+            4 if shape == "rectangle" else _points([element.get("points"), element.get("holes")])
+        )
         label = element.get("label")
         word = str(
             (label.get("value") if isinstance(label, dict) else label) or element.get("group") or ""
@@ -315,6 +368,17 @@ def read_dsa(data: bytes) -> list[ParsedAnnotation]:
         ours = ours if isinstance(ours, dict) else {}
         name = str(ours.get("name") or element.get("id") or f"{doc_name or 'element'} {i}")
         polygon = _dsa_polygon(element)
+        if isinstance(polygon, str):  # a rectangle that cannot be drawn: validation names it
+            geometry = {"type": f"DSA rectangle ({polygon})", "coordinates": []}
+            items.append(
+                ParsedAnnotation(
+                    name=name,
+                    class_name=word,
+                    geometry=geometry,
+                    label_class=class_key_for(word, classes),
+                )
+            )
+            continue
         key = ours.get("annotation")
         key = key if isinstance(key, str | int) else None
         if key is not None and key in joined and polygon is not None:
@@ -348,8 +412,9 @@ def _dsa_points(points: object) -> list:
     return [[p[0], p[1]] if isinstance(p, list | tuple) and len(p) in (2, 3) else p for p in points]
 
 
-def _dsa_polygon(element: dict) -> list | None:
-    """Rings of a closed polyline or a rectangle element; None for any other element."""
+def _dsa_polygon(element: dict) -> list | str | None:
+    """Rings of a closed polyline or a rectangle element; None for any other element; for a
+    rectangle with a NaN or infinite centre, size or rotation, what is wrong with it."""
     kind = element.get("type")
     if kind == "polyline" and element.get("closed"):
         rings = [_dsa_points(element.get("points"))]
@@ -361,8 +426,12 @@ def _dsa_polygon(element: dict) -> list | None:
             cx, cy = float(element["center"][0]), float(element["center"][1])
             w, h = float(element["width"]) / 2, float(element["height"]) / 2
             angle = float(element.get("rotation") or 0)
-        except (KeyError, TypeError, ValueError, IndexError):
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError):
             return [[element.get("center"), element.get("width"), element.get("height")]]
+        numbers = {"center x": cx, "center y": cy, "width": w, "height": h, "rotation": angle}
+        bad = [f"{k} {v!r}" for k, v in numbers.items() if not isfinite(v)]
+        if bad:
+            return f"{', '.join(bad)}: not a finite number"
         c, s = cos(angle), sin(angle)
         corners = [(-w, -h), (w, -h), (w, h), (-w, h)]
         return [

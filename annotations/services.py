@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import shapely
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -56,6 +57,57 @@ class ImportRefused(InvalidAnnotation):
         self.problems = list(problems)
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         super().__init__("; ".join(self.problems[:5]) + more)
+
+
+class ImportTooLarge(InvalidAnnotation):
+    """A file over an import bound (polygons or vertices per import): refused while it is read,
+    before any geometry is built; nothing was imported. The API answers 413."""
+
+    field = "file"
+
+    def __init__(self, message: str, *, setting: str, limit: int):
+        super().__init__(message)
+        self.setting = setting
+        self.limit = limit
+
+
+@dataclass
+class ImportBudget:
+    """Polygons and vertices an import may hold (settings ANNOTATION_IMPORT_MAX_POLYGONS and
+    ANNOTATION_IMPORT_MAX_VERTICES), counted as a reader goes: over either, `ImportTooLarge`."""
+
+    max_polygons: int
+    max_vertices: int
+    polygons: int = 0
+    vertices: int = 0
+
+    @classmethod
+    def from_settings(cls) -> ImportBudget:
+        return cls(
+            max_polygons=settings.ANNOTATION_IMPORT_MAX_POLYGONS,
+            max_vertices=settings.ANNOTATION_IMPORT_MAX_VERTICES,
+        )
+
+    def polygon(self, vertices: int = 0) -> None:
+        self.polygons += 1
+        if self.polygons > self.max_polygons:
+            raise ImportTooLarge(
+                f"the file holds more than {self.max_polygons} polygons, the most one import"
+                " takes (ANNOTATION_IMPORT_MAX_POLYGONS); split it into smaller files",
+                setting="ANNOTATION_IMPORT_MAX_POLYGONS",
+                limit=self.max_polygons,
+            )
+        self.add_vertices(vertices)
+
+    def add_vertices(self, count: int) -> None:
+        self.vertices += count
+        if self.vertices > self.max_vertices:
+            raise ImportTooLarge(
+                f"the file holds more than {self.max_vertices} vertices, the most one import"
+                " takes (ANNOTATION_IMPORT_MAX_VERTICES); split it into smaller files",
+                setting="ANNOTATION_IMPORT_MAX_VERTICES",
+                limit=self.max_vertices,
+            )
 
 
 # ---- label classes ------------------------------------------------------------------------------
@@ -449,6 +501,13 @@ def import_annotations(
             f"unknown repair method {repair!r}; use one of {', '.join(REPAIR_METHODS)}"
         )
     items = list(items)
+    budget = (
+        ImportBudget.from_settings()
+    )  # the readers count too, as they parse; this is for any caller
+    counts = []
+    for item in items:
+        counts.append(_listed_vertices(item.geometry))
+        budget.polygon(counts[-1])
     classes = label_classes()
     rows: list[Annotation] = []
     problems: list[str] = []
@@ -459,7 +518,7 @@ def import_annotations(
     for i, item in enumerate(items):
         label = f"{item.name or 'polygon'} (#{i + 1}, {item.class_name or 'no class'})"
         try:
-            count = _listed_vertices(item.geometry)
+            count = counts[i]
             total_vertices += count
             word = item.label_class or item.class_name or default_class
             if not word:

@@ -7,6 +7,7 @@ HTTP to the service functions in `services` and `formats`.
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
 from django.http import Http404, HttpResponse
@@ -50,8 +51,6 @@ ANNOTATION_PAGE = inline_serializer(
 )
 PROBLEM = OpenApiTypes.OBJECT
 VERSION_PARAM = OpenApiParameter("version", int, description="the version last seen; stale → 409")
-
-MAX_IMPORT_BYTES = 256 * 1024**2
 
 
 class AnnotationPagination(BoundedLimitOffsetPagination):
@@ -392,9 +391,16 @@ class AnnotationImportView(APIView):
         form = AnnotationImportSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         upload = form.validated_data["file"]
-        if upload.size > MAX_IMPORT_BYTES:
+        limit = settings.ANNOTATION_IMPORT_MAX_BYTES
+        if upload.size > limit:
             return Response(
-                {"file": [f"file is {upload.size} bytes; the limit is {MAX_IMPORT_BYTES} bytes"]},
+                {
+                    "file": [
+                        f"file is {upload.size} bytes; the limit is {limit} bytes"
+                        " (ANNOTATION_IMPORT_MAX_BYTES)"
+                    ],
+                    "limit": {"setting": "ANNOTATION_IMPORT_MAX_BYTES", "value": limit},
+                },
                 status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
             )
         data = upload.read()
@@ -413,6 +419,15 @@ class AnnotationImportView(APIView):
                 format=fmt.name,
                 repair=form.validated_data["repair"],
                 default_class=form.validated_data["default_class"],
+            )
+        except services.ImportTooLarge as exc:
+            return Response(
+                {
+                    "file": [f"{name}: {exc}"],
+                    "problems": [str(exc)],
+                    "limit": {"setting": exc.setting, "value": exc.limit},
+                },
+                status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
             )
         except InvalidAnnotation as exc:
             if exc.field != "file":
