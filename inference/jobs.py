@@ -26,6 +26,7 @@ from audit.log import record
 from config.queueing import QueueUnavailable, check_queue_reachable, send
 
 from .records import ModelVersion, Stage, TrainingRun
+from .safe_json import auc_missing_reason, finite_or_none, json_safe, with_reasons
 from .scope import (
     ARRAYS_REFUSAL,
     FILE_REFUSAL,
@@ -64,29 +65,92 @@ def _hash_files(paths: list[Path], root: Path) -> str:
     return digest.hexdigest()
 
 
+def _array_refusal(name: str, why: str) -> TrainingRequestError:
+    return TrainingRequestError(
+        f"{name} is not a patch array: {why} (an arrays dataset is an .npz of images (N, H, W, 3)"
+        " uint8 and labels (N,) integers, or a folder of images.npy and labels.npy)"
+    )
+
+
+def _checked_array(value, name: str, *, kind: str):
+    """`value` (from np.load) as a plain numeric array, or the reason it is not one."""
+    import numpy as np
+
+    if not isinstance(value, np.ndarray):  # an .npz where one .npy is expected
+        close = getattr(value, "close", None)
+        if close is not None:
+            close()
+        raise _array_refusal(name, "it is an archive of arrays, not one array")
+    allowed = "biufUS" if kind == "groups" else "biuf"  # group ids may be text (case numbers)
+    if value.dtype.hasobject or value.dtype.kind not in allowed:
+        raise _array_refusal(name, f"its values are {value.dtype}, not numbers")
+    if kind == "images" and (value.ndim != 4 or value.shape[-1] != 3 or value.dtype != np.uint8):
+        raise _array_refusal(
+            name, f"images must be (N, H, W, 3) uint8, not {value.shape} {value.dtype}"
+        )
+    if kind in ("labels", "groups") and value.ndim != 1:
+        raise _array_refusal(name, f"{kind} must be one value per image, not shape {value.shape}")
+    if kind == "labels" and value.dtype.kind not in "biu":
+        raise _array_refusal(name, f"labels must be integers, not {value.dtype}")
+    return value
+
+
+def _load_npy(file: Path, *, kind: str, mmap: bool = False):
+    """One .npy of an arrays folder: never a pickle (allow_pickle=False), always an array."""
+    import numpy as np
+
+    try:
+        value = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:  # a pickle, text, a truncated file...
+        raise _array_refusal(file.name, f"NumPy cannot read it without unpickling ({exc})") from exc
+    return _checked_array(value, file.name, kind=kind)
+
+
 def read_patch_arrays(path: Path):
     """Patches from an .npz file (read into memory) or a folder of .npy files (memory-mapped).
 
     The folder holds images.npy (N, H, W, 3) uint8, labels.npy (N,), and optionally groups.npy and
-    classes.txt (one class name a line).
+    classes.txt (one class name a line). Nothing is ever unpickled: a file that is not a plain
+    numeric array (a pickle, text, an object array, the wrong shape) is a `TrainingRequestError`
+    saying which file and why.
     """
+    import zipfile
+
     import numpy as np
 
     if path.is_dir():
         if not (path / "images.npy").is_file():
             raise TrainingRequestError(f"{path} has no images.npy")
-        images = np.load(path / "images.npy", mmap_mode="r")
-        labels = np.load(path / "labels.npy")
-        groups = np.load(path / "groups.npy") if (path / "groups.npy").is_file() else None
+        if not (path / "labels.npy").is_file():
+            raise TrainingRequestError(f"{path} has no labels.npy")
+        images = _load_npy(path / "images.npy", kind="images", mmap=True)
+        labels = _load_npy(path / "labels.npy", kind="labels")
+        groups_file = path / "groups.npy"
+        groups = _load_npy(groups_file, kind="groups") if groups_file.is_file() else None
         classes_file = path / "classes.txt"
         classes = classes_file.read_text().split("\n") if classes_file.is_file() else None
         return images, labels, groups, [c for c in classes if c] if classes else None
     if not path.is_file():
         raise TrainingRequestError(f"patch array file {path} does not exist")
-    with np.load(path, allow_pickle=False) as data:
-        images, labels = data["images"], data["labels"]
-        groups = data.get("groups")
-        classes = [str(c) for c in data["classes"]] if "classes" in data else None
+    if not zipfile.is_zipfile(path):
+        raise _array_refusal(path.name, "it is not an .npz archive")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in ("images", "labels") if k not in data.files]
+            if missing:
+                raise _array_refusal(path.name, f"it holds no {' or '.join(missing)} array")
+            images = _checked_array(data["images"], f"{path.name}:images", kind="images")
+            labels = _checked_array(data["labels"], f"{path.name}:labels", kind="labels")
+            groups = (
+                _checked_array(data["groups"], f"{path.name}:groups", kind="groups")
+                if "groups" in data.files
+                else None
+            )
+            classes = [str(c) for c in data["classes"]] if "classes" in data.files else None
+    except TrainingRequestError:
+        raise
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise _array_refusal(path.name, f"NumPy cannot read it without unpickling ({exc})") from exc
     return images, labels, groups, classes
 
 
@@ -234,7 +298,7 @@ def _explicit_split(dataset, path: Path, *, kind: str, content_hash: str) -> Loa
 
     from .datasets import PatchSubset
 
-    in_val = np.load(path / "val.npy").astype(bool).reshape(-1)
+    in_val = _load_npy(path / "val.npy", kind="val").astype(bool).reshape(-1)
     if in_val.size != len(dataset):
         raise TrainingRequestError(
             f"{path}/val.npy has {in_val.size} entries for {len(dataset)} patches"
@@ -512,6 +576,7 @@ def execute_training_run(*, run_id: int, worker: str = "local", device: str | No
     last_write = [0.0]
     last_poll = [0.0]
     cancel_seen = [False]
+    missing = {"val_auc": auc_missing_reason(dataset.val, dataset.summary.get("classes"))}
 
     def on_progress(event: TrainingProgress) -> None:
         now = time.monotonic()
@@ -519,19 +584,22 @@ def execute_training_run(*, run_id: int, worker: str = "local", device: str | No
             return
         last_write[0] = now
         TrainingRun.objects.filter(pk=run.pk).update(
-            progress={
-                "epoch": event.epoch,
-                "max_epochs": event.max_epochs,
-                "step": event.step,
-                "steps_per_epoch": event.steps_per_epoch,
-                "loss": round(event.loss, 5),
-                "val_auc": event.val_auc,
-                "val_accuracy": event.val_accuracy,
-                "fraction": round(event.fraction_done, 4),
-                "elapsed_s": round(event.elapsed_s, 1),
-                "eta_s": None if event.eta_s is None else round(event.eta_s, 1),
-                "best_epoch": event.best_epoch,
-            },
+            progress=with_reasons(
+                {
+                    "epoch": event.epoch,
+                    "max_epochs": event.max_epochs,
+                    "step": event.step,
+                    "steps_per_epoch": event.steps_per_epoch,
+                    "loss": round(event.loss, 5),
+                    "val_auc": event.val_auc,
+                    "val_accuracy": event.val_accuracy,
+                    "fraction": round(event.fraction_done, 4),
+                    "elapsed_s": round(event.elapsed_s, 1),
+                    "eta_s": None if event.eta_s is None else round(event.eta_s, 1),
+                    "best_epoch": event.best_epoch,
+                },
+                missing,
+            ),
             heartbeat_at=timezone.now(),
         )
 
@@ -560,7 +628,8 @@ def execute_training_run(*, run_id: int, worker: str = "local", device: str | No
     except Exception as exc:  # noqa: BLE001
         run.finish(TrainingRun.Status.FAILED, reason=f"{type(exc).__name__}: {exc}")
         return run.status
-    _register_model_version(run, result, dataset)
+    if _register_model_version(run, result, dataset) is None:
+        return run.status
     return TrainingRun.Status.SUCCEEDED
 
 
@@ -576,7 +645,9 @@ def _mine_for_run(run: TrainingRun, scope: TrainingScope = UNRESTRICTED) -> dict
         if now - last_write[0] < PROGRESS_EVERY_S and fields.get("fraction") != 1.0:
             return
         last_write[0] = now
-        TrainingRun.objects.filter(pk=run.pk).update(progress=fields, heartbeat_at=timezone.now())
+        TrainingRun.objects.filter(pk=run.pk).update(
+            progress=json_safe(fields), heartbeat_at=timezone.now()
+        )
         if TrainingRun.objects.filter(pk=run.pk, cancel_requested=True).exists():
             raise TrainingCancelled("cancelled while mining hard negatives")
 
@@ -602,8 +673,31 @@ def install_weights(weights_path: str | Path, name: str) -> Path:
     return target
 
 
-def _register_model_version(run: TrainingRun, result, dataset: LoadedDataset) -> ModelVersion:
-    """Copy the weights into place atomically, then create the ModelVersion and finish the run."""
+def _register_model_version(
+    run: TrainingRun, result, dataset: LoadedDataset
+) -> ModelVersion | None:
+    """Copy the weights into place atomically, then create the ModelVersion and finish the run.
+
+    A run whose validation AUC is not a number (a validation set of one class) registers no
+    version: it fails, saying why, with ``val_auc`` null and the reason in its progress. Every
+    JSON field is written through `json_safe`."""
+    auc = finite_or_none(result.auc)
+    if auc is None:
+        reason = auc_missing_reason(dataset.val, dataset.summary.get("classes"))
+        TrainingRun.objects.filter(pk=run.pk).update(
+            progress=with_reasons(
+                {
+                    **json_safe(TrainingRun.objects.get(pk=run.pk).progress or {}),
+                    "val_auc": float("nan"),
+                },
+                {"val_auc": reason},
+            )
+        )
+        run.finish(
+            TrainingRun.Status.FAILED,
+            reason=f"trained, but no model version was registered: validation AUC missing, {reason}",
+        )
+        return None
     name = f"{run.architecture}-{run.stage}-run{run.pk}"
     target = install_weights(result.weights_path, name)
     metrics = result.metrics()
@@ -621,24 +715,26 @@ def _register_model_version(run: TrainingRun, result, dataset: LoadedDataset) ->
             weights_path=str(target),
             weights_sha256=hashlib.sha256(target.read_bytes()).hexdigest(),
             dataset_hash=dataset.content_hash,
-            dataset_summary=dataset.summary,
-            hyperparameters={
-                **metrics["recipe"],
-                **(
-                    {"pretrained_report": metrics["pretrained"]}
-                    if metrics.get("pretrained")
-                    else {}
-                ),
-            },
+            dataset_summary=json_safe(dataset.summary),
+            hyperparameters=json_safe(
+                {
+                    **metrics["recipe"],
+                    **(
+                        {"pretrained_report": metrics["pretrained"]}
+                        if metrics.get("pretrained")
+                        else {}
+                    ),
+                }
+            ),
             code_version=code_version(),
             classes=metrics["classes"],
-            val_accuracy=float(result.accuracy),
-            val_auc=float(result.auc),
-            roc=metrics["roc"] or {},
-            curves=metrics["curves"],
+            val_accuracy=finite_or_none(result.accuracy) or 0.0,
+            val_auc=auc,
+            roc=json_safe(metrics["roc"] or {}),
+            curves=json_safe(metrics["curves"]),
             device=result.device,
             training_seconds=float(result.seconds),
-            **evidence,
+            **json_safe(evidence),
         )
         TrainingRun.objects.filter(pk=run.pk).update(
             status=TrainingRun.Status.SUCCEEDED,

@@ -45,6 +45,7 @@ from .mil import (
     train_mil,
 )
 from .records import ModelVersion, TrainingRun
+from .safe_json import finite_or_none, json_safe
 
 PROGRESS_EVERY_S = 1.0
 
@@ -249,7 +250,9 @@ def execute_mil_run(run: TrainingRun, *, device: str | None = None, scope=None) 
         if not force and now - last[0] < PROGRESS_EVERY_S:
             return
         last[0] = now
-        TrainingRun.objects.filter(pk=run.pk).update(progress=fields, heartbeat_at=timezone.now())
+        TrainingRun.objects.filter(pk=run.pk).update(
+            progress=json_safe(fields), heartbeat_at=timezone.now()
+        )
 
     def should_cancel() -> bool:
         return TrainingRun.objects.filter(pk=run.pk, cancel_requested=True).exists()
@@ -289,7 +292,7 @@ def execute_mil_run(run: TrainingRun, *, device: str | None = None, scope=None) 
     name = f"{MIL_ARCHITECTURE}-{summary['task']}{'-clinical' if summary['clinical'] else ''}-run{run.pk}"
     target = install_weights(result.weights_path, name)
     metrics = result.metrics
-    auc = (metrics["n_plus_vs_n0"].get("auc") or {}).get("value")
+    auc = finite_or_none((metrics["n_plus_vs_n0"].get("auc") or {}).get("value"))
     if auc is None:
         run.finish(
             TrainingRun.Status.FAILED,
@@ -313,14 +316,14 @@ def execute_mil_run(run: TrainingRun, *, device: str | None = None, scope=None) 
             weights_path=str(target),
             weights_sha256=hashlib.sha256(target.read_bytes()).hexdigest(),
             dataset_hash=_content_hash(train_bags + val_bags),
-            dataset_summary={**summary, "metrics": metrics},
-            hyperparameters={**recipe.to_dict(), **needs, "model_config": result.config},
+            dataset_summary=json_safe({**summary, "metrics": metrics}),
+            hyperparameters=json_safe({**recipe.to_dict(), **needs, "model_config": result.config}),
             code_version=code_version(),
             classes=list(result.classes),
             val_accuracy=float(metrics["accuracy"]),
             val_auc=float(auc),
-            roc=roc,
-            curves=result.curves,
+            roc=json_safe(roc),
+            curves=json_safe(result.curves),
             device=result.device,
             training_seconds=float(result.seconds),
         )
