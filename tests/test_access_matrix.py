@@ -40,6 +40,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from rest_framework.authtoken.models import Token
 
 from annotations import services as annotation_services
+from annotations.models import Dataset
 from inference.heatmaps import write_raster
 from inference.image_classifier import IMAGE_STAGE
 from inference.records import GradCam, HeatMap, ScoringRun, TrainingRun
@@ -216,6 +217,9 @@ def _build_world(root: Path) -> World:
         model_version=version,
     )
 
+    dataset = Dataset.objects.create(name="matrix-snapshot", content_hash="m" * 64)
+    dataset.slides.set([slide])
+
     world = World(
         ids={
             "lab": lab_a.pk,
@@ -231,6 +235,7 @@ def _build_world(root: Path) -> World:
             "image_version": image_version.pk,
             "study": study.pk,
             "study_image": study.images.get().pk,
+            "dataset": dataset.pk,
         },
         other={
             "lab": lab_b.pk,
@@ -317,6 +322,7 @@ MATRIX: tuple[Entry, ...] = (
     Entry("/review/cases/{case}/", (get(PATHOLOGIST, lab=True),)),
     Entry("/review/nodes/{node}/slides/{slide}/view/", (get(PATHOLOGIST, lab=True),)),
     Entry("/review/triage/", (get(LAB_LEAD),)),
+    Entry("/datasets/", (get(LAB_LEAD),)),
     Entry("/review/metrics/", (get(LAB_LEAD, query="bootstrap=0"),)),
     # API: cases, nodes, slides, tiles
     Entry("/api/", (get(USER),), suffix=True),
@@ -379,6 +385,12 @@ MATRIX: tuple[Entry, ...] = (
     Entry("/api/model-versions/", (get(USER),), suffix=True),
     Entry("/api/model-versions/{version}/", (get(USER),), suffix=True),
     Entry("/api/model-versions/{version}/promote/", (post(PLATFORM),), suffix=True),
+    # thresholds: admins calibrate on the nodes of their own labs (a 400 names what is missing)
+    Entry("/api/model-versions/{version}/threshold/", (get(ADMIN), post(ADMIN))),
+    Entry("/api/model-versions/{version}/calibration-scoring/", (post(ADMIN),)),
+    # dataset snapshots: lab leads read those of their labs, admins create (an empty name: 400)
+    Entry("/api/datasets/", (get(LAB_LEAD), post(ADMIN, body={"name": ""}))),
+    Entry("/api/datasets/{dataset}/", (get(LAB_LEAD, lab=True),)),
     Entry(
         "/api/model-versions/rollback/", (post(PLATFORM, body={"stage": "primary"}),), suffix=True
     ),

@@ -29,6 +29,17 @@ class Command(BaseCommand):
                 f"reader study {study.pk} ({study.name}): the pathologist reads it at"
                 f" /studies/{study.pk}/read/, the lab lead manages it at /studies/{study.pk}/"
             )
+        from django.contrib.auth import get_user_model
+
+        from inference.demo import ensure_demo_model
+
+        users = get_user_model().objects.in_bulk(["pathologist", "admin"], field_name="username")
+        ensure_demo_model(
+            lab=result.lab,
+            pathologist=users["pathologist"],
+            admin=users["admin"],
+            progress=lambda msg: self.stdout.write(msg),
+        )
         self.stdout.write("demo logins (username / password / role):")
         for username, password, role in result.users:
             self.stdout.write(f"  {username} / {password} / {role}")
