@@ -40,6 +40,11 @@ class Command(BaseCommand):
             admin=users["admin"],
             progress=lambda msg: self.stdout.write(msg),
         )
+        from review.demo import DEMO_REVIEWED_CASE, ensure_demo_decisions
+
+        decided = ensure_demo_decisions(lab=result.lab, pathologist=users["pathologist"])
+        if decided:
+            self.stdout.write(f"demo review: {decided} nodes of {DEMO_REVIEWED_CASE} confirmed")
         self.stdout.write("demo logins (username / password / role):")
         for username, password, role in result.users:
             self.stdout.write(f"  {username} / {password} / {role}")
