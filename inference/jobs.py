@@ -780,10 +780,39 @@ def code_version() -> str:
 # ---- promotion ---------------------------------------------------------------------------------
 
 
+class PromotionRefused(ValueError):
+    """A version that must not go live as it is; the message says why and what to do."""
+
+
+def promotion_blocker(version: ModelVersion) -> str | None:
+    """Why `version` cannot be promoted (None: it can). A primary patch model scores the nodes
+    every lab screens with, so it needs a locked threshold: without one nothing would be
+    negative-screened and every queue would say "no threshold"."""
+    if version.stage != Stage.PRIMARY:
+        return None
+    if version.threshold is None:
+        return (
+            f"{version.name} has no locked threshold: lock one on its page first (seed 002's "
+            "rule on validation nodes); a scoring model goes live only with its threshold"
+        )
+    return None
+
+
+def slides_to_rescore() -> int:
+    """How many whole slides a promotion rescores (said in the confirmation before it)."""
+    from slides.models import Slide
+
+    return Slide.objects.filter(modality=Slide.Modality.SLIDE).count()
+
+
 def promote(*, version: ModelVersion, user=None, rescore: bool = True) -> ModelVersion:
     """Make `version` the live model of its stage (the previous live one steps down) and, after the
     commit, rescore every slide with the live cascade (one task per slide on the `gpu` queue).
-    With the job queue down nothing is promoted (QueueUnavailable), since nothing could be rescored."""
+    With the job queue down nothing is promoted (QueueUnavailable), since nothing could be rescored;
+    a version :func:`promotion_blocker` refuses is not promoted (PromotionRefused)."""
+    blocker = promotion_blocker(version)
+    if blocker:
+        raise PromotionRefused(blocker)
     if version.stage in ("mil", "node-image"):  # MIL: cases; node-image: whole images, no slide
         rescore = False
     if rescore:

@@ -15,6 +15,7 @@ urlpatterns = [
         mining_views.TrainSecondaryView.as_view(),
         name="model-version-train-secondary",
     ),
+    path("scoring-runs/<int:pk>/", views.ScoringRunProgressView.as_view(), name="scoring-run-api"),
     path(
         "scoring-runs/<int:pk>/changes/",
         views.ScoringRunChangesView.as_view(),

@@ -8,6 +8,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -30,7 +31,15 @@ from .changes import (
     compare_runs,
     previous_completed_run,
 )
-from .jobs import TrainingRequestError, launch_training, promote, rollback
+from .jobs import (
+    PromotionRefused,
+    TrainingRequestError,
+    launch_training,
+    promote,
+    promotion_blocker,
+    rollback,
+    slides_to_rescore,
+)
 from .records import ModelVersion, ScoringRun, TrainingRun
 from .serializers import (
     LaunchTrainingSerializer,
@@ -119,7 +128,12 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["post"])
     def promote(self, request, pk=None, format=None):  # noqa: A002 - DRF's `.json` suffix
         _require_promoter(request)
-        version = promote(version=self.get_object(), user=request.user)
+        try:
+            version = promote(version=self.get_object(), user=request.user)
+        except PromotionRefused as exc:
+            return Response(
+                {"detail": str(exc), "code": "cannot_promote"}, status=status.HTTP_409_CONFLICT
+            )
         return Response(ModelVersionSerializer(version).data)
 
     @extend_schema(request=RollbackSerializer, responses=ModelVersionSerializer)
@@ -128,7 +142,13 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
         _require_promoter(request)
         body = RollbackSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        version = rollback(stage=body.validated_data["stage"], user=request.user)
+        try:
+            version = rollback(stage=body.validated_data["stage"], user=request.user)
+        except PromotionRefused as exc:
+            return Response(
+                {"detail": f"cannot roll back: {exc}", "code": "cannot_promote"},
+                status=status.HTTP_409_CONFLICT,
+            )
         if version is None:
             return Response(
                 {"detail": "no earlier promoted version to roll back to"},
@@ -160,8 +180,11 @@ def models_page(request: HttpRequest) -> HttpResponse:
         "inference/models.html",
         {
             "runs": runs,
-            "versions": ModelVersion.objects.order_by("-id")[:50],
+            "versions": [
+                (v, promotion_blocker(v)) for v in ModelVersion.objects.order_by("-id")[:50]
+            ],
             "live": ModelVersion.objects.filter(is_live=True),
+            "slides_to_rescore": slides_to_rescore(),
             "scoring_runs": ScoringRun.objects.select_related(
                 "model_version", "secondary_version"
             ).order_by("-created_at", "-id")[:20],
@@ -198,6 +221,10 @@ def model_version_page(request: HttpRequest, pk: int) -> HttpResponse:
             "is_admin": has_role(request.user, Role.ADMIN),
             "may_promote": may_promote_models(request.user),
             "promoters": PROMOTERS,
+            "promotion_blocker": promotion_blocker(version),
+            "slides_to_rescore": slides_to_rescore(),
+            "calibrates": version.stage == "primary"
+            and (version.dataset_summary or {}).get("kind") != "node-images",
             "slide_level": _slide_level(version),
             "image_evidence": _image_evidence(version),
         },
@@ -305,6 +332,22 @@ def comparison_for(user, run: ScoringRun, params) -> tuple[RunComparison, str | 
     except ComparisonError as exc:  # pragma: no cover - the checks above come first
         raise ValidationError({"detail": str(exc)}) from exc
     return comparison, source
+
+
+class ScoringRunProgressView(APIView):
+    """A scoring run's state and progress (slides done, failed, total; the fraction including
+    slides being scanned): what the pages poll to show a run moving without a reload. Platform-
+    wide like the runs themselves, so without the per-slide detail (slides of other labs)."""
+
+    @extend_schema(responses=OpenApiTypes.OBJECT)
+    def get(self, request, pk: int):
+        from .rescoring import progress_of
+
+        _require_any_role(request)
+        run = get_object_or_404(ScoringRun, pk=pk)
+        body = progress_of(run)
+        body.pop("slides", None)
+        return Response(body)
 
 
 class ScoringRunChangesView(APIView):

@@ -97,6 +97,11 @@ def test_cancel_and_promote_need_admin_and_pages_render(people, folder):
     refused = _client(people.admin).post(f"/api/model-versions/{version.pk}/promote/")
     assert refused.status_code == 403 and "platform" in refused.json()["detail"]
     grant_role(people.admin, Role.PLATFORM_ADMIN)
+    # A scoring model without a locked threshold is refused, saying why.
+    blocked = _client(people.admin).post(f"/api/model-versions/{version.pk}/promote/")
+    assert blocked.status_code == 409 and "no locked threshold" in blocked.json()["detail"]
+    assert not ModelVersion.objects.get(pk=version.pk).is_live
+    ModelVersion.objects.filter(pk=version.pk).update(threshold=0.5)
     promoted = _client(people.admin).post(f"/api/model-versions/{version.pk}/promote/")
     assert promoted.status_code == 200 and promoted.json()["is_live"] is True
     # Pathologists see which version is live, and the model page draws its ROC curve.

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from inference.jobs import (
+    PromotionRefused,
     TrainingRequestError,
     execute_training_run,
     launch_training,
@@ -161,6 +162,11 @@ def test_promote_and_roll_back(db, blob_folder, people):
         run = launch_training(dataset_source=source, recipe=FAST, enqueue=False)
         execute_training_run(run_id=run.pk)
         versions.append(ModelVersion.objects.get(training_run=run))
+    with pytest.raises(PromotionRefused, match="no locked threshold"):
+        promote(version=versions[0], user=people.admin)
+    ModelVersion.objects.filter(pk__in=[v.pk for v in versions]).update(threshold=0.5)
+    for version in versions:
+        version.refresh_from_db()
     promote(version=versions[0], user=people.admin)
     promote(version=versions[1], user=people.admin)
     assert list(ModelVersion.objects.filter(is_live=True)) == [versions[1]]

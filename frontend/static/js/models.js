@@ -27,10 +27,11 @@
     error.textContent = answer.detail || JSON.stringify(answer);
     error.hidden = false;
   };
-  document.querySelectorAll("button.promote").forEach((b) => b.addEventListener("click", () =>
-    changeLive(`/api/model-versions/${b.dataset.version}/promote/`)));
+  const confirmed = (b) => !b.dataset.confirm || window.confirm(b.dataset.confirm);
+  document.querySelectorAll("button.promote[data-version]").forEach((b) => b.addEventListener("click", () =>
+    confirmed(b) && changeLive(`/api/model-versions/${b.dataset.version}/promote/`)));
   document.querySelectorAll("button.rollback").forEach((b) => b.addEventListener("click", () =>
-    changeLive("/api/model-versions/rollback/", {stage: b.dataset.stage})));
+    confirmed(b) && changeLive("/api/model-versions/rollback/", {stage: b.dataset.stage})));
   // Live progress: poll the unfinished runs.
   const live = [...document.querySelectorAll("tr[data-run]")].filter((r) => ["queued", "running"].includes(r.dataset.status));
   if (!live.length) return;
