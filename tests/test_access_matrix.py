@@ -395,6 +395,7 @@ MATRIX: tuple[Entry, ...] = (
         "/api/model-versions/rollback/", (post(PLATFORM, body={"stage": "primary"}),), suffix=True
     ),
     Entry("/api/model-versions/{version}/train-secondary/", (post(ADMIN, body={"stride": 0}),)),
+    Entry("/api/scoring-runs/{scoring_run}/", (get(USER),)),
     Entry("/api/scoring-runs/{scoring_run}/changes/", (get(USER),)),
     # API: review
     Entry(
