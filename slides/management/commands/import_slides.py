@@ -16,7 +16,9 @@ class Command(BaseCommand):
         "Import slides. Either a CSV manifest (columns case,node,file[,status,patient,"
         "project_type,modality,window_center,window_width]; or a folder holding manifest.csv), "
         "or files given with --node. Rows with modality ct, ultrasound or image are node images "
-        "(PNG, JPEG, TIFF, single-frame DICOM)."
+        "(PNG, JPEG, TIFF, single-frame DICOM). Formats made of several files (Hamamatsu "
+        ".vms/.vmu, MIRAX .mrxs) import only from under NODESCOPE_IMPORT_ROOTS, and only when "
+        "every file they name lies inside that root; uploads never accept them."
     )
 
     def add_arguments(self, parser):
