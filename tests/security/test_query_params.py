@@ -352,4 +352,3 @@ def test_an_over_long_id_in_the_path_is_a_404(world):
         "/api/slides/99999999999999999999999/tiles/0/0/0.jpg",
     ):
         assert client.get(url).status_code == 404, url
-
