@@ -11,7 +11,6 @@ from __future__ import annotations
 from django.apps import apps
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from drf_spectacular.utils import extend_schema
@@ -25,16 +24,8 @@ from slides.access import has_role, slides_for
 from slides.models import Lab, Role, Slide
 from slides.project_types import ProjectType, defaults_for
 
-from .datasets import DatasetError, create_snapshot, default_snapshot_slides
+from .datasets import DatasetError, create_snapshot, datasets_for, default_snapshot_slides
 from .models import Dataset
-
-
-def datasets_for(user) -> QuerySet[Dataset]:
-    """Snapshots whose every slide the user may see (none for users below lab lead)."""
-    if not has_role(user, Role.LAB_LEAD):
-        return Dataset.objects.none()
-    hidden = Slide.objects.exclude(pk__in=slides_for(user).values("pk"))
-    return Dataset.objects.exclude(slides__in=hidden).distinct()
 
 
 def models_trained_on(dataset_ids: list[int]) -> dict[int, list[dict]]:

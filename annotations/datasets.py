@@ -262,6 +262,17 @@ def default_snapshot_slides(slides: QuerySet[Slide]) -> QuerySet[Slide]:
     ).order_by("pk")
 
 
+def datasets_for(user) -> QuerySet[Dataset]:
+    """Snapshots whose every slide the user may see (none for users below lab lead)."""
+    from slides.access import has_role, slides_for
+    from slides.models import Role
+
+    if not has_role(user, Role.LAB_LEAD):
+        return Dataset.objects.none()
+    hidden = Slide.objects.exclude(pk__in=slides_for(user).values("pk"))
+    return Dataset.objects.exclude(slides__in=hidden).distinct()
+
+
 def _queue_extraction(dataset: Dataset) -> None:
     """Send the extraction task; if the broker fails now, the dataset is failed with the reason
     (it would otherwise stay pending with no message behind it) and QueueUnavailable goes on."""

@@ -43,7 +43,13 @@ CANCEL_POLL_EVERY_S = 2.0
 
 
 class TrainingRequestError(ValueError):
-    """A launch request that cannot run (unknown architecture, bad dataset, bad recipe)."""
+    """A launch request that cannot run (unknown architecture, bad dataset, bad recipe).
+    ``field`` names the request field at fault (``dataset_source``, ``architecture``, ``stage``,
+    ``recipe`` or ``recipe.<name>``) so that a form can show the message beside it."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass
@@ -343,7 +349,8 @@ def _check_recipe_bounds(recipe: TrainingRecipe) -> None:
         value = getattr(recipe, name)
         if not low <= value <= high:
             raise TrainingRequestError(
-                f"{name}={value} is outside the sensible range [{low}, {high}]"
+                f"{name}={value} is outside the sensible range [{low}, {high}]",
+                field=f"recipe.{name}",
             )
 
 
@@ -442,9 +449,10 @@ def launch_training(
         elif dataset_source.get("kind") == "node-images":  # seeds 003/004: whole-image classifiers
             stage, recipe = _check_image_request(dataset_source, architecture, recipe, scope)
         else:
+            recipe = scannable_recipe(dataset_source, architecture, stage, recipe)
             _check_patch_request(dataset_source, architecture, stage, recipe, scope)
     except ScopeError as exc:
-        raise TrainingRequestError(str(exc)) from None
+        raise TrainingRequestError(str(exc), field="dataset_source") from None
     if enqueue:
         check_queue_reachable()  # broker down: QueueUnavailable (503) before any row is written
     with transaction.atomic():
@@ -508,18 +516,50 @@ def _check_patch_request(dataset_source, architecture, stage, recipe, scope=UNRE
     """The checks of a patch-classifier run."""
     if architecture not in ARCHITECTURES:
         raise TrainingRequestError(
-            f"unknown architecture {architecture!r}; choose one of {list(ARCHITECTURES)}"
+            f"unknown architecture {architecture!r}; choose one of {list(ARCHITECTURES)}",
+            field="architecture",
         )
     if stage not in Stage.values:
-        raise TrainingRequestError(f"unknown stage {stage!r}; choose one of {Stage.values}")
+        raise TrainingRequestError(
+            f"unknown stage {stage!r}; choose one of {Stage.values}", field="stage"
+        )
     try:
         checked = TrainingRecipe.from_dict(recipe or {})
     except (TypeError, ValueError) as exc:
-        raise TrainingRequestError(f"bad recipe: {exc}") from exc
+        raise TrainingRequestError(f"bad recipe: {exc}", field="recipe") from exc
     _check_recipe_bounds(checked)
     if dataset_source.get("kind") == "hard-negatives" and stage != Stage.SECONDARY:
-        raise TrainingRequestError("hard negatives train the secondary model: use stage secondary")
-    check_dataset(dataset_source, scope=scope)
+        raise TrainingRequestError(
+            "hard negatives train the secondary model: use stage secondary", field="stage"
+        )
+    try:
+        check_dataset(dataset_source, scope=scope)
+    except TrainingRequestError as exc:
+        exc.field = exc.field or "dataset_source"
+        raise
+
+
+def scannable_recipe(
+    dataset_source: dict[str, Any], architecture: str, stage: str, recipe: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The recipe a patch model meant for scoring trains with: a MobileNetV2 primary trained on a
+    dataset snapshot is built scannable (:data:`inference.scoring.DENSE_MOBILENET`: valid padding,
+    so dense scanning equals the patch loop) unless the recipe's ``model_kwargs`` already names a
+    padding. Without it the model would train and then be refused for scoring."""
+    recipe = dict(recipe or {})
+    if (
+        dataset_source.get("kind") != "snapshot"
+        or architecture != "mobilenetv2"
+        or stage != Stage.PRIMARY
+    ):
+        return recipe
+    kwargs = dict(recipe.get("model_kwargs") or {})
+    if "padding" in kwargs:
+        return recipe
+    from .scoring import DENSE_MOBILENET
+
+    recipe["model_kwargs"] = {**DENSE_MOBILENET, **kwargs}
+    return recipe
 
 
 def _queue_training_run(run: TrainingRun) -> None:

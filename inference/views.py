@@ -17,6 +17,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from annotations.datasets import datasets_for
+from annotations.models import Dataset
 from audit.log import record
 from config.pagination import MAX_OFFSET, BoundedLimitOffsetPagination
 from config.params import BadParameter, int_param, parse_int
@@ -31,6 +33,7 @@ from .changes import (
     compare_runs,
     previous_completed_run,
 )
+from .image_classifier import MODALITIES
 from .jobs import (
     PromotionRefused,
     TrainingRequestError,
@@ -40,6 +43,7 @@ from .jobs import (
     rollback,
     slides_to_rescore,
 )
+from .models.registry import MODEL_NAMES
 from .records import ModelVersion, ScoringRun, TrainingRun
 from .serializers import (
     LaunchTrainingSerializer,
@@ -48,6 +52,7 @@ from .serializers import (
     TrainingRunSerializer,
     without_server_paths,
 )
+from .training import TrainingRecipe
 
 
 def _require_admin(request) -> None:
@@ -91,7 +96,7 @@ class TrainingRunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet)
         try:
             run = launch_training(user=request.user, **body.validated_data)
         except TrainingRequestError as exc:
-            raise ValidationError({"detail": str(exc)}) from exc
+            raise ValidationError({"detail": str(exc), "field": exc.field or ""}) from exc
         return Response(
             TrainingRunSerializer(run, context={"request": request}).data,
             status=status.HTTP_201_CREATED,
@@ -188,6 +193,12 @@ def models_page(request: HttpRequest) -> HttpResponse:
             "scoring_runs": ScoringRun.objects.select_related(
                 "model_version", "secondary_version"
             ).order_by("-created_at", "-id")[:20],
+            "snapshots": datasets_for(request.user)
+            .filter(status=Dataset.Status.READY)
+            .order_by("-id")[:100],
+            "architectures": MODEL_NAMES,
+            "modalities": MODALITIES,
+            "recipe": TrainingRecipe(),
             "is_admin": has_role(request.user, Role.ADMIN),
             "may_promote": may_promote_models(request.user),
             "promoters": PROMOTERS,

@@ -102,3 +102,36 @@ def test_snapshots_are_lab_scoped(world, eager_tasks):
     assert client.get(URL).json()["results"] == []
     assert client.get(f"{URL}{created.json()['id']}/").status_code == 404
     assert client_for(world.people.pathologist).get(URL).status_code == 403
+
+
+def test_a_primary_launched_on_a_snapshot_is_built_scannable(
+    world, eager_tasks, django_capture_on_commit_callbacks
+):
+    client = client_for(world.people.admin)
+    with django_capture_on_commit_callbacks(execute=True):
+        created = post(client, {"name": "for-training", "val_fraction": 0.34})
+    source = {"kind": "snapshot", "id": created.json()["id"]}
+    # the form's errors name their field
+    bad = client.post(
+        "/api/training-runs/",
+        {"dataset_source": source, "recipe": {"max_epochs": 1000}},
+        content_type="application/json",
+    )
+    assert bad.status_code == 400
+    assert bad.json()["field"] == "recipe.max_epochs" and "max_epochs" in bad.json()["detail"]
+    missing = client.post(
+        "/api/training-runs/",
+        {"dataset_source": {"kind": "snapshot", "id": 999999}},
+        content_type="application/json",
+    )
+    assert missing.status_code == 400 and missing.json()["field"] == "dataset_source"
+    from inference.records import TrainingRun
+
+    launched = client.post(
+        "/api/training-runs/",
+        {"dataset_source": source, "recipe": {"max_epochs": 1}},
+        content_type="application/json",
+    )
+    assert launched.status_code == 201, launched.content
+    run = TrainingRun.objects.get(pk=launched.json()["id"])
+    assert run.recipe["model_kwargs"]["padding"] == "valid"

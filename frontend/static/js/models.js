@@ -3,18 +3,69 @@
 (() => {
   const csrf = document.querySelector("[name=csrfmiddlewaretoken]").value;
   const post = (url, body) => fetch(url, {method: "POST", headers: {"Content-Type": "application/json", "X-CSRFToken": csrf}, body: JSON.stringify(body || {})});
+  // The launch form: fields, not JSON. Each error is shown beside the field the server names.
   const form = document.getElementById("launch-form");
-  if (form) form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const error = document.getElementById("launch-error");
-    let dataset, recipe;
-    try { dataset = JSON.parse(form.elements.dataset.value); recipe = JSON.parse(form.recipe.value || "{}"); }
-    catch (e) { error.textContent = "Dataset and recipe must be JSON: " + e.message; return; }
-    const response = await post("/api/training-runs/", {dataset_source: dataset, architecture: form.architecture.value, stage: form.stage.value, recipe});
-    if (response.ok) { location.reload(); return; }
-    const body = await response.json().catch(() => ({}));
-    error.textContent = body.detail || JSON.stringify(body);
-  });
+  if (form) {
+    const extras = () => form.querySelectorAll(".source-extra").forEach((box) => {
+      box.hidden = box.dataset.for !== form.source.value;
+    });
+    form.source.addEventListener("change", extras);
+    extras();
+    const clearErrors = () => {
+      form.querySelectorAll(".field-error").forEach((p) => { p.hidden = true; p.textContent = ""; });
+      form.querySelectorAll(".field-error.added").forEach((p) => p.remove());
+      document.getElementById("launch-error").textContent = "";
+    };
+    const showError = (field, message) => {
+      let slot = form.querySelector(`.field-error[data-field="${field}"]`);
+      if (!slot && field.startsWith("recipe.")) {
+        const input = form.querySelector(`[name="${field.slice(7)}"]`);
+        if (input) {
+          slot = document.createElement("p");
+          slot.className = "error field-error added";
+          slot.dataset.field = field;
+          input.closest("label").after(slot);
+        }
+      }
+      if (!slot && field.startsWith("recipe")) slot = form.querySelector('.field-error[data-field="recipe"]');
+      if (!slot) { document.getElementById("launch-error").textContent = message; return; }
+      slot.textContent = message;
+      slot.hidden = false;
+    };
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      clearErrors();
+      const [kind, value] = form.source.value.split(":");
+      let dataset;
+      if (kind === "snapshot") dataset = {kind, id: Number(value)};
+      else if (kind === "node-images") dataset = {kind, modality: value};
+      else dataset = {kind, path: form.folder_path.value.trim(), size: Number(form.folder_size.value)};
+      const jitter = Number(form.jitter.value);
+      const recipe = {
+        max_epochs: Number(form.max_epochs.value),
+        batch_size: Number(form.batch_size.value),
+        learning_rate: Number(form.learning_rate.value),
+        lr_step_epochs: Number(form.lr_step_epochs.value),
+        early_stopping_patience: Number(form.early_stopping_patience.value),
+        seed: Number(form.seed.value),
+        brightness: jitter, contrast: jitter, saturation: jitter,
+        hue: Number(form.hue.value),
+        dihedral: form.dihedral.checked,
+      };
+      if (form.advanced.value.trim()) {
+        try { Object.assign(recipe, JSON.parse(form.advanced.value)); }
+        catch (e) { showError("recipe", `Advanced overrides must be a JSON object: ${e.message}`); return; }
+      }
+      const response = await post("/api/training-runs/", {dataset_source: dataset, architecture: form.architecture.value, stage: "primary", recipe});
+      if (response.ok) { location.reload(); return; }
+      const body = await response.json().catch(() => ({}));
+      const text = (v) => (Array.isArray(v) ? v.join(" ") : String(v));
+      if (body.detail) showError(text(body.field || ""), text(body.detail));
+      for (const [key, value] of Object.entries(body)) {
+        if (!["detail", "field"].includes(key)) showError(key, text(value));
+      }
+    });
+  }
   document.querySelectorAll("button.cancel").forEach((b) => b.addEventListener("click", async () => {
     await post(`/api/training-runs/${b.dataset.run}/cancel/`); location.reload();
   }));
