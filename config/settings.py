@@ -57,6 +57,8 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # A NUL byte in a query parameter is a 400 naming it (PostgreSQL text cannot hold one).
+    "config.params.RefuseNulBytesMiddleware",
     # A database or broker outage met by a view answers 503 with a message, not 500.
     "config.faults.ServiceUnavailableMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

@@ -319,12 +319,13 @@ def test_no_route_answers_5xx_to_odd_integer_parameters(world):
         ("/api/slides/?offset=²", "offset"),
         ("/api/cases/?limit=١٠", "limit"),
         ("/api/review/triage/?model_version=١", "model_version"),
-        ("/api/cases/1/mil-prediction/?model_version=²", "model_version"),
-        ("/api/slides/1/thumbnail.jpg?size=١٢٨", "size"),
+        ("/api/cases/{cases}/mil-prediction/?model_version=²", "model_version"),
+        ("/api/slides/{slides}/thumbnail.jpg?size=١٢٨", "size"),
     ],
 )
 def test_bad_integers_are_a_400_naming_the_parameter(world, url, name):
-    response = world["client"].get(url)
+    # the objects' own ids (PostgreSQL does not restart its sequences between tests)
+    response = world["client"].get(url.format(**world["ids"]))
     assert response.status_code == 400, response.content
     assert name in response.json()
 
@@ -352,3 +353,14 @@ def test_an_over_long_id_in_the_path_is_a_404(world):
         "/api/slides/99999999999999999999999/tiles/0/0/0.jpg",
     ):
         assert client.get(url).status_code == 404, url
+
+
+def test_a_nul_byte_in_any_query_parameter_is_a_400_naming_it(people):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(people.pathologist)
+    api = client.get("/api/cases/", {"accession": "a\x00b"})
+    assert api.status_code == 400 and "NUL" in api.json()["accession"][0]
+    page = client.get("/", {"q": "\x00"})
+    assert page.status_code == 400 and b"NUL" in page.content
