@@ -11,7 +11,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint format migrate bench chromium clean
+.PHONY: setup demo test lint format migrate bench chromium clean screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ lint: setup
 format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# A picture of each main screen of the demo, as its user, into docs/screenshots/ (after make demo).
+screenshots: migrate chromium
+	$(PY) manage.py load_demo
+	$(PY) frontend/screenshots.py --out docs/screenshots
 
 bench: migrate
 	$(PY) benchmarks/tiles.py --quick

@@ -3,7 +3,7 @@
 
 Starts the web server on the demo database (run `make demo` once first, or `manage.py load_demo`),
 logs in through the log-in page in Debian's Chromium (Playwright, headless, 1600 x 1000) and
-writes PNGs into docs/screenshots/: case list, queue, viewer with heat map, triage, metrics,
+writes JPEGs (quality 85) into docs/screenshots/: case list, queue, viewer with heat map, triage, metrics,
 Datasets, Models and a model's page. Waits for every page's network to settle; a page that
 answers an error status stops the script with its URL.
 """
@@ -100,16 +100,16 @@ def main() -> None:
         if "x" in ids:
             viewer += f"?x={ids['x']}&y={ids['y']}&zoom=0.5"
         screens = [
-            ("pathologist", "/", "case-list.png"),
-            ("pathologist", f"/review/cases/{ids['case']}/", "queue.png"),
-            ("pathologist", viewer, "viewer-heatmap.png"),
-            ("lablead", "/review/triage/", "triage.png"),
-            ("lablead", "/review/metrics/", "metrics.png"),
-            ("admin", "/datasets/", "datasets.png"),
-            ("admin", "/models/", "models.png"),
+            ("pathologist", "/", "case-list.jpg"),
+            ("pathologist", f"/review/cases/{ids['case']}/", "queue.jpg"),
+            ("pathologist", viewer, "viewer-heatmap.jpg"),
+            ("lablead", "/review/triage/", "triage.jpg"),
+            ("lablead", "/review/metrics/", "metrics.jpg"),
+            ("admin", "/datasets/", "datasets.jpg"),
+            ("admin", "/models/", "models.jpg"),
         ]
         if "version" in ids:
-            screens.append(("admin", f"/models/{ids['version']}/", "model.png"))
+            screens.append(("admin", f"/models/{ids['version']}/", "model.jpg"))
         with sync_playwright() as p:
             browser = p.chromium.launch(
                 executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
@@ -132,7 +132,7 @@ def main() -> None:
                 page.wait_for_load_state("networkidle")
                 if name.startswith("viewer"):
                     page.wait_for_timeout(2500)  # tiles and the heat-map overlay fade in
-                page.screenshot(path=str(out / name))
+                page.screenshot(path=str(out / name), type="jpeg", quality=85)
                 print(f"{name}: {path} as {user}")
             browser.close()
     finally:
