@@ -499,15 +499,18 @@ def _page_scripts_still_work(page, base: str, version_id: int) -> None:
     page.route("**/api/training-runs/", refuse)
     page.route(f"**/api/model-versions/{version_id}/promote/", refuse)
     page.goto(base + "/models/")
-    page.fill("#launch-form input[name=dataset]", '{"kind": "image-folder", "path": "/x"}')
+    page.select_option("#launch-form select[name=source]", "image-folder")
+    page.fill("#launch-form input[name=folder_path]", "/x")
     page.locator("#launch-form button[type=submit]").click()
     page.wait_for_function("document.getElementById('launch-error').textContent === 'held'")
     launched = json.loads(sent[-1]["body"])
-    assert launched["dataset_source"] == {"kind": "image-folder", "path": "/x"}
+    assert launched["dataset_source"] == {"kind": "image-folder", "path": "/x", "size": 96}
     dialogs: list[str] = []
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.accept()))
     page.goto(f"{base}/models/{version_id}/")
     page.locator("#promote button[type=submit]").click()
     page.wait_for_timeout(500)
     assert sent[-1]["url"].endswith(f"/api/model-versions/{version_id}/promote/")
-    assert dialogs == ["held"] and page.url.endswith(f"/models/{version_id}/")
+    # first the confirmation naming the rescoring, then the refusal
+    assert len(dialogs) == 2 and dialogs[0].startswith("Promote csp-check to live")
+    assert dialogs[1] == "held" and page.url.endswith(f"/models/{version_id}/")

@@ -82,3 +82,25 @@ def test_reader_answers_every_image_in_the_viewer(page, live_server, people, cas
     assert tiles and all(status == 200 for _, status in tiles)
     assert slide_routes == []
     assert page.console_errors == []
+
+
+def test_closing_a_study_asks_first(page, live_server, people, study):
+    from studies.models import ReaderStudy
+    from tests.factories import PASSWORD
+
+    page.goto(f"{live_server.url}/login/")
+    page.fill("input[name=username]", people.lab_lead.username)
+    page.fill("input[name=password]", PASSWORD)
+    page.locator("form[action$='/login/'] button[type=submit]").click()
+    page.wait_for_url(f"{live_server.url}/")
+    page.goto(f"{live_server.url}/studies/{study.pk}/")
+    asked: list[str] = []
+    page.once("dialog", lambda d: (asked.append(d.message), d.dismiss()))
+    page.click("#close-study")
+    page.wait_for_timeout(300)
+    assert asked == ["Close the study? Readers can no longer answer."]
+    assert ReaderStudy.objects.get(pk=study.pk).status == ReaderStudy.Status.OPEN
+    page.once("dialog", lambda d: d.accept())
+    with page.expect_navigation():
+        page.click("#close-study")
+    assert ReaderStudy.objects.get(pk=study.pk).status == ReaderStudy.Status.CLOSED
