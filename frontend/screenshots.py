@@ -80,6 +80,7 @@ def _ids() -> dict[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
+    parser.add_argument("--png", action="store_true", help="PNG instead of JPEG (for checking)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,7 +133,10 @@ def main() -> None:
                 page.wait_for_load_state("networkidle")
                 if name.startswith("viewer"):
                     page.wait_for_timeout(2500)  # tiles and the heat-map overlay fade in
-                page.screenshot(path=str(out / name), type="jpeg", quality=85)
+                if args.png:
+                    page.screenshot(path=str(out / name.replace(".jpg", ".png")), full_page=True)
+                else:
+                    page.screenshot(path=str(out / name), type="jpeg", quality=85)
                 print(f"{name}: {path} as {user}")
             browser.close()
     finally:

@@ -54,7 +54,7 @@ class TrainSecondaryView(APIView):
                 primary=primary, user=request.user, **body.validated_data
             )
         except TrainingRequestError as exc:
-            raise ValidationError({"detail": str(exc)}) from exc
+            raise ValidationError({"detail": str(exc), "field": exc.field or ""}) from exc
         return Response(
             TrainingRunSerializer(run, context={"request": request}).data,
             status=status.HTTP_201_CREATED,

@@ -197,6 +197,9 @@ def models_page(request: HttpRequest) -> HttpResponse:
             .filter(status=Dataset.Status.READY)
             .order_by("-id")[:100],
             "architectures": MODEL_NAMES,
+            "primaries": ModelVersion.objects.filter(stage="primary")
+            .exclude(dataset_summary__kind="node-images")
+            .order_by("-id")[:50],
             "modalities": MODALITIES,
             "recipe": TrainingRecipe(),
             "is_admin": has_role(request.user, Role.ADMIN),

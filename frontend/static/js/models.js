@@ -6,10 +6,16 @@
   // The launch form: fields, not JSON. Each error is shown beside the field the server names.
   const form = document.getElementById("launch-form");
   if (form) {
-    const extras = () => form.querySelectorAll(".source-extra").forEach((box) => {
-      box.hidden = box.dataset.for !== form.source.value;
-    });
+    const secondary = () => form.stage.value.startsWith("secondary:");
+    const extras = () => {
+      form.querySelectorAll(".source-extra[data-for]").forEach((box) => {
+        box.hidden = secondary() || box.dataset.for !== form.source.value;
+      });
+      form.querySelectorAll(".source-extra[data-for-stage]").forEach((box) => { box.hidden = !secondary(); });
+      form.source.disabled = secondary();
+    };
     form.source.addEventListener("change", extras);
+    form.stage.addEventListener("change", extras);
     extras();
     const clearErrors = () => {
       form.querySelectorAll(".field-error").forEach((p) => { p.hidden = true; p.textContent = ""; });
@@ -56,7 +62,9 @@
         try { Object.assign(recipe, JSON.parse(form.advanced.value)); }
         catch (e) { showError("recipe", `Advanced overrides must be a JSON object: ${e.message}`); return; }
       }
-      const response = await post("/api/training-runs/", {dataset_source: dataset, architecture: form.architecture.value, stage: "primary", recipe});
+      const response = secondary()
+        ? await post(`/api/model-versions/${form.stage.value.split(":")[1]}/train-secondary/`, {stride: Number(form.stride.value), recipe})
+        : await post("/api/training-runs/", {dataset_source: dataset, architecture: form.architecture.value, stage: "primary", recipe});
       if (response.ok) { location.reload(); return; }
       const body = await response.json().catch(() => ({}));
       const text = (v) => (Array.isArray(v) ? v.join(" ") : String(v));
