@@ -4,7 +4,11 @@ Seed 002 multiplies the training set eightfold by rotations of 0/90/180/270 degr
 dihedral group D4 of the square. Here each patch gets one of the 8 transforms at random every
 epoch, which sees the same eight variants without storing them. Colour jitter (brightness,
 contrast, saturation, hue, as torchvision's ``ColorJitter`` defines them) is the colour
-augmentation the paper's discussion calls for; its strengths are ours, not the paper's.
+augmentation the paper's discussion calls for; its strengths are ours, not the paper's. HED
+jitter (Tellez et al. 2018) varies the amount of each stain instead: pixels go to optical density,
+are unmixed into haematoxylin, eosin and DAB (Ruifrok and Johnston's vectors), each stain is scaled
+by ``1 +- hed`` and shifted by ``+- hed_bias`` (optical density, natural log) per patch, and mixed
+back; it draws random numbers only when on, so recipes without it draw what they always drew.
 
 All randomness comes from an explicit CPU ``torch.Generator``, so a seeded run draws the same
 transforms on CPU and CUDA.
@@ -24,6 +28,7 @@ __all__ = [
     "colour_jitter",
     "dihedral",
     "dihedral_inverse",
+    "hed_jitter",
     "normalize",
     "random_dihedral",
     "to_float",
@@ -163,20 +168,55 @@ def colour_jitter(
     return x
 
 
+# Ruifrok & Johnston's stain vectors (rows: haematoxylin, eosin, DAB), as scikit-image uses them
+_RGB_FROM_HED = torch.tensor(
+    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64
+)
+_RGB_FROM_HED = _RGB_FROM_HED / _RGB_FROM_HED.norm(dim=1, keepdim=True)
+_HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
+_OD_FLOOR = 1.0 / 255.0
+
+
+def hed_jitter(
+    batch: torch.Tensor,
+    *,
+    sigma: float,
+    bias: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Scale each stain of each (N, 3, H, W) patch (0-1 floats) by a factor in ``1 +- sigma``
+    and shift it by ``+- bias`` optical density; the result stays in 0-1."""
+    n, dev, dtype = batch.shape[0], batch.device, batch.dtype
+    alpha = 1.0 + (torch.rand(n, 3, generator=generator) * 2.0 - 1.0) * sigma
+    beta = (torch.rand(n, 3, generator=generator) * 2.0 - 1.0) * bias
+    to_hed = _HED_FROM_RGB.to(dev, dtype)
+    to_rgb = _RGB_FROM_HED.to(dev, dtype)
+    od = -torch.log(batch.clamp(min=_OD_FLOOR))  # (N, 3, H, W)
+    stains = torch.einsum("nchw,cs->nshw", od, to_hed)
+    stains = stains * alpha.to(dev, dtype).view(n, 3, 1, 1) + beta.to(dev, dtype).view(n, 3, 1, 1)
+    od = torch.einsum("nshw,sc->nchw", stains, to_rgb)
+    return torch.exp(-od).clamp_(0.0, 1.0)
+
+
 @dataclass(frozen=True)
 class Augmenter:
-    """The training augmentation: random dihedral transform, then colour jitter, on 0-1 floats."""
+    """The training augmentation: random dihedral transform, HED stain jitter (when on), then
+    colour jitter, on 0-1 floats."""
 
     dihedral: bool = True
     brightness: float = 0.0
     contrast: float = 0.0
     saturation: float = 0.0
     hue: float = 0.0
+    hed: float = 0.0
+    hed_bias: float = 0.0
 
     def __call__(
         self, batch: torch.Tensor, *, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         x = random_dihedral(batch, generator=generator) if self.dihedral else batch
+        if self.hed or self.hed_bias:
+            x = hed_jitter(x, sigma=self.hed, bias=self.hed_bias, generator=generator)
         return colour_jitter(
             x,
             brightness=self.brightness,

@@ -250,6 +250,13 @@ def load_dataset(source: dict[str, Any], *, scope: TrainingScope = UNRESTRICTED)
         content_hash = _hash_arrays(path)
         if path.is_dir() and (path / "val.npy").is_file():
             return _explicit_split(dataset, path, kind=kind, content_hash=content_hash)
+    elif kind == "patch-folder":  # labelled patches in PCam's layout (inference.patch_folder)
+        from .patch_folder import PatchFolderError, load_patch_folder
+
+        try:
+            return load_patch_folder(source, scope=scope)
+        except PatchFolderError as exc:
+            raise TrainingRequestError(str(exc)) from exc
     elif kind == "node-images":  # whole CT/ultrasound images of nodes (inference.image_classifier)
         from .image_classifier import NodeImageError, load_node_images
 
@@ -270,7 +277,7 @@ def load_dataset(source: dict[str, Any], *, scope: TrainingScope = UNRESTRICTED)
     else:
         raise TrainingRequestError(
             f"unknown dataset kind {kind!r} "
-            "(use image-folder, arrays, snapshot, hard-negatives or node-images)"
+            "(use image-folder, patch-folder, arrays, snapshot, hard-negatives or node-images)"
         )
     groups = getattr(dataset, "groups", None)
     split = split_indices(
@@ -341,6 +348,8 @@ RECIPE_BOUNDS = {
     "lr_step_epochs": (1, 500),
     "lr_gamma": (1e-4, 1.0),
     "early_stopping_patience": (1, 500),
+    "hed_jitter": (0.0, 1.0),
+    "hed_bias": (0.0, 1.0),
 }
 
 
@@ -373,14 +382,21 @@ def check_dataset(source: dict[str, Any], *, scope: TrainingScope = UNRESTRICTED
                 "the primary's dataset has no class named tumour to balance the hard negatives with"
             )
         return {"negative slides": len(checked["slides"]), "tumour": tumour["tumour"]}
-    if kind == "node-images":
+    if kind == "patch-folder":
+        from .patch_folder import PatchFolderError, check_patch_folder
+
+        try:
+            counts = check_patch_folder(source, scope=scope)
+        except PatchFolderError as exc:
+            raise TrainingRequestError(str(exc)) from exc
+    elif kind == "node-images":
         from .image_classifier import NodeImageError, check_node_images
 
         try:
             return check_node_images(source, scope=scope)
         except NodeImageError as exc:
             raise TrainingRequestError(str(exc)) from exc
-    if kind == "snapshot":
+    elif kind == "snapshot":
         from annotations.models import Dataset
 
         snapshot = Dataset.objects.get(pk=_snapshot_id(source, scope))
@@ -412,7 +428,7 @@ def check_dataset(source: dict[str, Any], *, scope: TrainingScope = UNRESTRICTED
     else:
         raise TrainingRequestError(
             f"unknown dataset kind {kind!r} "
-            "(use image-folder, arrays, snapshot, hard-negatives or node-images)"
+            "(use image-folder, patch-folder, arrays, snapshot, hard-negatives or node-images)"
         )
     present = {k: v for k, v in counts.items() if v > 0}
     if not present:
@@ -548,7 +564,7 @@ def scannable_recipe(
     padding. Without it the model would train and then be refused for scoring."""
     recipe = dict(recipe or {})
     if (
-        dataset_source.get("kind") != "snapshot"
+        dataset_source.get("kind") not in ("snapshot", "patch-folder")
         or architecture != "mobilenetv2"
         or stage != Stage.PRIMARY
     ):

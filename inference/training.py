@@ -97,6 +97,10 @@ class TrainingRecipe:
     contrast: float = 0.15
     saturation: float = 0.15
     hue: float = 0.04
+    # HED stain jitter (Tellez et al. 2018), off by default: each stain scaled by 1 +- hed_jitter
+    # and shifted by +- hed_bias optical density (inference.augmentation.hed_jitter)
+    hed_jitter: float = 0.0
+    hed_bias: float = 0.0
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     seed: int = 0
@@ -128,6 +132,8 @@ class TrainingRecipe:
             contrast=self.contrast,
             saturation=self.saturation,
             hue=self.hue,
+            hed=self.hed_jitter,
+            hed_bias=self.hed_bias,
         )
 
     def to_dict(self) -> dict[str, Any]:
