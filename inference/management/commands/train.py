@@ -41,6 +41,21 @@ class Command(BaseCommand):
             "--csv", type=Path, help="CSV of file,label[,group] inside the image folder"
         )
         parser.add_argument("--size", type=int, help="resize patches to this many px")
+        parser.add_argument(
+            "--mpp",
+            type=float,
+            help="µm per pixel of a labelled patch folder (PCam's layout: train/ and valid/ with "
+            "0/ and 1/, or 0/ and 1/); naming it trains on the folder as a patch-folder dataset",
+        )
+        parser.add_argument(
+            "--label-rule", default="centre-32", help="patch folder: centre-N or whole"
+        )
+        parser.add_argument(
+            "--crop",
+            type=int,
+            default=40,
+            help="patch folder: train on the centre CROP px (0: the full patch)",
+        )
         parser.add_argument("--architecture", default="mobilenetv2")
         parser.add_argument("--stage", default="primary", choices=["primary", "secondary"])
         parser.add_argument("--recipe", default="{}", help='JSON overrides, e.g. {"max_epochs": 5}')
@@ -64,8 +79,13 @@ class Command(BaseCommand):
             if options.get("secondary_from"):
                 run = self._launch_secondary(options, recipe=json.loads(recipe), enqueue=not here)
             else:
+                source = (
+                    self._patch_folder(dataset, options)
+                    if options.get("mpp")
+                    else self._source(dataset, csv, size, options.get("snapshot"))
+                )
                 run = launch_training(
-                    dataset_source=self._source(dataset, csv, size, options.get("snapshot")),
+                    dataset_source=source,
                     architecture=architecture,
                     stage=stage,
                     recipe=json.loads(recipe),
@@ -100,8 +120,32 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"model version {version.name}: validation AUC {version.val_auc:.4f}, accuracy {version.val_accuracy:.4f}"
             )
+            summary = version.dataset_summary or {}
+            if summary.get("kind") == "patch-folder":
+                dedup, grid = summary["deduplication"], summary["grid"]
+                self.stdout.write(
+                    f"patches: {summary['train']} training, {summary['val']} validation "
+                    f"({dedup['duplicates_dropped']} duplicates of {dedup['files']} files dropped); "
+                    f"window {grid['patch_px']} px at {grid['target_mpp']} µm/px "
+                    f"({grid['crop']} of {grid['source_patch_px']} px), labels: {grid['label_rule']}; "
+                    f"{version.training_seconds:.0f} s, "
+                    f"{summary['train'] * len(version.curves.get('epoch') or []) / version.training_seconds:.0f} "
+                    "training images/s"
+                )
         elif run.status == TrainingRun.Status.FAILED:
             raise CommandError(run.status_reason)
+
+    @staticmethod
+    def _patch_folder(dataset: Path | None, options: dict) -> dict:
+        if dataset is None:
+            raise CommandError("name the patch folder")
+        return {
+            "kind": "patch-folder",
+            "path": str(dataset.resolve()),
+            "mpp": options["mpp"],
+            "label_rule": options["label_rule"],
+            "crop": options["crop"] or None,
+        }
 
     @staticmethod
     def _source(
