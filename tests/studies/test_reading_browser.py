@@ -104,3 +104,31 @@ def test_closing_a_study_asks_first(page, live_server, people, study):
     with page.expect_navigation():
         page.click("#close-study")
     assert ReaderStudy.objects.get(pk=study.pk).status == ReaderStudy.Status.CLOSED
+
+
+def test_the_model_answers_are_followed_in_place(page, live_server, people, study):
+    from studies.models import ReaderStudy
+    from tests.factories import PASSWORD
+    from tests.review.factories import make_model_version
+
+    version = make_model_version("study-model", threshold=0.5)
+    ReaderStudy.objects.filter(pk=study.pk).update(
+        model_version=version, model_status=ReaderStudy.ModelStatus.QUEUED
+    )
+    page.goto(f"{live_server.url}/login/")
+    page.fill("input[name=username]", people.lab_lead.username)
+    page.fill("input[name=password]", PASSWORD)
+    page.locator("form[action$='/login/'] button[type=submit]").click()
+    page.wait_for_url(f"{live_server.url}/")
+    page.goto(f"{live_server.url}/studies/{study.pk}/")
+    assert page.locator("#study-model-status").inner_text() == "Queued"
+    # the worker moves the job on (as the model-answers task does); the page follows
+    ReaderStudy.objects.filter(pk=study.pk).update(model_status=ReaderStudy.ModelStatus.RUNNING)
+    page.wait_for_function(
+        "() => document.getElementById('study-model-status').textContent === 'Running'"
+    )
+    ReaderStudy.objects.filter(pk=study.pk).update(model_status=ReaderStudy.ModelStatus.DONE)
+    page.wait_for_function(
+        "() => document.getElementById('study-page').dataset.modelStatus === 'done'"
+    )
+    assert page.locator("#study-model-status").inner_text() == "Done"
