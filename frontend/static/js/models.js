@@ -45,6 +45,10 @@
       let dataset;
       if (kind === "snapshot") dataset = {kind, id: Number(value)};
       else if (kind === "node-images") dataset = {kind, modality: value};
+      else if (kind === "patch-folder") {
+        dataset = {kind, path: form.patch_path.value.trim(), mpp: Number(form.patch_mpp.value), label_rule: form.label_rule.value};
+        dataset.crop = form.crop.value ? Number(form.crop.value) : null;
+      }
       else dataset = {kind, path: form.folder_path.value.trim(), size: Number(form.folder_size.value)};
       const jitter = Number(form.jitter.value);
       const recipe = {
