@@ -65,9 +65,7 @@ def _ids() -> dict[str, int]:
     )
     node = top.node if top else case.nodes.order_by("pk").first()
     slide = (
-        top.max_heatmap.slide
-        if top and top.max_heatmap_id
-        else node.slides.order_by("pk").first()
+        top.max_heatmap.slide if top and top.max_heatmap_id else node.slides.order_by("pk").first()
     )
     out = {"case": case.pk, "node": node.pk, "slide": slide.pk}
     if version:
