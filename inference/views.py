@@ -3,6 +3,8 @@ operators promote, roll back and cancel any run: slides.access.may_promote_model
 
 from __future__ import annotations
 
+import json
+
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db.models import Q
@@ -197,9 +199,7 @@ def models_page(request: HttpRequest) -> HttpResponse:
             .filter(status=Dataset.Status.READY)
             .order_by("-id")[:100],
             "architectures": MODEL_NAMES,
-            "primaries": ModelVersion.objects.filter(stage="primary")
-            .exclude(dataset_summary__kind="node-images")
-            .order_by("-id")[:50],
+            "primaries": _start_from_choices(),
             "modalities": MODALITIES,
             "recipe": TrainingRecipe(),
             "is_admin": has_role(request.user, Role.ADMIN),
@@ -208,6 +208,18 @@ def models_page(request: HttpRequest) -> HttpResponse:
             "user_id": request.user.pk,
         },
     )
+
+
+def _start_from_choices() -> list[ModelVersion]:
+    """Primary patch models a new run may start from (fine-tune), with their network settings."""
+    versions = [
+        v
+        for v in ModelVersion.objects.filter(stage="primary").order_by("-id")[:50]
+        if (v.dataset_summary or {}).get("kind") != "node-images"
+    ]
+    for v in versions:
+        v.model_kwargs_json = json.dumps((v.hyperparameters or {}).get("model_kwargs") or {})
+    return versions
 
 
 @login_required

@@ -97,3 +97,31 @@ def test_a_set_that_cannot_calibrate_says_why(page, live_server, people, candida
     refused.wait_for()
     assert "all 2 calibration nodes are negative" in refused.inner_text()
     assert page.locator("#threshold-lock").is_disabled()
+
+
+def test_a_run_can_start_from_a_trained_model(page, live_server, people, candidate):
+    """The launch form's "Start from" fine-tunes: the recipe names the model's weights and its
+    network settings (the request is intercepted; nothing is launched)."""
+    import json
+
+    ModelVersion.objects.filter(pk=candidate.pk).update(
+        hyperparameters={"model_kwargs": {"padding": "valid", "width_mult": 0.5}}
+    )
+    sent: list[dict] = []
+
+    def hold(route):
+        sent.append(json.loads(route.request.post_data or "{}"))
+        route.fulfill(status=400, content_type="application/json", body='{"detail": "held"}')
+
+    log_in(page, live_server, people.admin)
+    page.route("**/api/training-runs/", hold)
+    page.goto(f"{live_server.url}/models/")
+    page.select_option("#launch-form select[name=start_from]", str(candidate.pk))
+    page.select_option("#launch-form select[name=source]", "image-folder")
+    page.fill("#launch-form input[name=folder_path]", "/import/patches")
+    page.click("#launch-form button[type=submit]")
+    page.wait_for_function("document.getElementById('launch-error').textContent === 'held'")
+    recipe = sent[-1]["recipe"]
+    assert recipe["pretrained_weights"] == candidate.weights_path
+    assert recipe["model_kwargs"] == {"padding": "valid", "width_mult": 0.5}
+    assert sent[-1]["architecture"] == candidate.architecture

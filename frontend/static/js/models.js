@@ -62,6 +62,13 @@
         hue: Number(form.hue.value),
         dihedral: form.dihedral.checked,
       };
+      const start = form.start_from.selectedOptions[0];
+      if (start && start.value) {
+        // fine-tune: the same network as the model started from, initialised with its weights
+        recipe.pretrained_weights = start.dataset.weights;
+        recipe.model_kwargs = JSON.parse(start.dataset.kwargs || "{}");
+        form.architecture.value = start.dataset.architecture;
+      }
       if (form.advanced.value.trim()) {
         try { Object.assign(recipe, JSON.parse(form.advanced.value)); }
         catch (e) { showError("recipe", `Advanced overrides must be a JSON object: ${e.message}`); return; }
