@@ -84,18 +84,11 @@ class DatasetSerializer(serializers.ModelSerializer):
             trained = models_trained_on([obj.pk])
         return trained.get(obj.pk, [])
 
-    def _cases(self, obj: Dataset, side: str) -> list[dict]:
-        side_split = (obj.split or {}).get(side, {})
-        return [
-            {"id": c["id"], "accession": c["accession"], "patches": c["patches"]}
-            for c in side_split.get("cases", [])
-        ]
-
     def get_train_cases(self, obj: Dataset) -> list[dict]:
-        return self._cases(obj, "train")
+        return obj.split_cases("train")
 
     def get_val_cases(self, obj: Dataset) -> list[dict]:
-        return self._cases(obj, "val")
+        return obj.split_cases("val")
 
 
 class DatasetCreateSerializer(serializers.Serializer):
@@ -190,10 +183,7 @@ def _preview_body(dataset: Dataset, slide_ids: list[int], lab: Lab) -> dict:
         "training_classes": dataset.training_classes,
         "split": {
             side: {
-                "cases": [
-                    {"id": c["id"], "accession": c["accession"], "patches": c["patches"]}
-                    for c in dataset.split.get(side, {}).get("cases", [])
-                ],
+                "cases": dataset.split_cases(side),
                 "patches": dataset.split.get(side, {}).get("patches", 0),
                 "counts": dataset.split.get(side, {}).get("counts", {}),
                 "training_counts": dataset.split.get(side, {}).get("training_counts", {}),

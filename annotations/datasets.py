@@ -725,8 +725,8 @@ def open_snapshot(dataset_id: int) -> tuple[Any, Any, str, dict[str, Any]]:
         "fine_counts": dict(dataset.class_counts),
         "train": len(train_set),
         "val": len(val_set),
-        "train_cases": [c["id"] for c in dataset.split.get("train", {}).get("cases", [])],
-        "val_cases": [c["id"] for c in dataset.split.get("val", {}).get("cases", [])],
+        "train_cases": [c["id"] for c in dataset.split_cases("train")],
+        "val_cases": [c["id"] for c in dataset.split_cases("val")],
         "split": "by case: no case is in both training and validation",
         "grid": {
             "patch_px": dataset.patch_px,

@@ -280,6 +280,10 @@ class Dataset(models.Model):
                 )
         super().save(*args, **kwargs)
 
+    def split_cases(self, side: str) -> list[dict]:
+        """The cases of one side of the split ("train" or "val"): {id, accession, patches}."""
+        return list((self.split or {}).get(side, {}).get("cases", []))
+
     @property
     def folder(self):
         """Where its label and patch arrays live: RESULTS_DIR/datasets/<id>."""

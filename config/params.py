@@ -135,7 +135,8 @@ class RefuseNulBytesMiddleware:
     """A NUL byte in a query parameter (name or value) is a 400 naming the parameter, for every
     route: no text field of PostgreSQL can hold one, so a filter on it would fail inside the
     database (a 500) instead of saying what is wrong. SQLite accepts it, which is why only the
-    PostgreSQL run of the query-parameter sweep saw it."""
+    PostgreSQL run of the query-parameter sweep saw it. Raised as a `BadParameter`, so it is
+    answered as every other bad parameter is (`bad_request`)."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -143,12 +144,5 @@ class RefuseNulBytesMiddleware:
     def __call__(self, request):
         for name, values in request.GET.lists():
             if "\x00" in name or any("\x00" in value for value in values):
-                shown = name.replace("\x00", "\\x00")
-                message = {shown: ["must not contain a NUL byte (\\x00)"]}
-                if request.path.startswith("/api/"):
-                    return JsonResponse(message, status=400)
-                return HttpResponseBadRequest(
-                    f"Bad request: query parameter {shown!r} must not contain a NUL byte\n",
-                    content_type="text/plain; charset=utf-8",
-                )
+                raise BadParameter(name.replace("\x00", "\\x00"), "must not contain a NUL byte")
         return self.get_response(request)

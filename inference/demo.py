@@ -157,7 +157,7 @@ def score_here(version: ModelVersion, slides: list[int], *, user=None) -> Scorin
 def _lock(version: ModelVersion, dataset, *, admin) -> None:
     from .thresholds import lock_threshold
 
-    val_cases = [c["id"] for c in (dataset.split or {}).get("val", {}).get("cases", [])]
+    val_cases = [c["id"] for c in dataset.split_cases("val")]
     scores = {}
     truths = {}
     for node_id, score, truth in (

@@ -144,7 +144,7 @@ def _validation_case_ids(version: ModelVersion) -> list[int] | None:
     snapshot = Dataset.objects.filter(pk=source.get("id")).first()
     if snapshot is None:
         return None
-    return [c["id"] for c in (snapshot.split or {}).get("val", {}).get("cases", [])]
+    return [c["id"] for c in snapshot.split_cases("val")]
 
 
 def calibration_nodes(

@@ -223,11 +223,6 @@ def slide_regions(slides: Iterable[Slide]) -> list[Region]:
     confirmation."""
     regions = []
     for slide in slides:
-        mpp = (
-            (slide.mpp_x + slide.mpp_y) / 2
-            if slide.mpp_x and slide.mpp_y
-            else (slide.mpp_x or slide.mpp_y)
-        )
         regions.append(
             Region(
                 f"sl{slide.pk}",
@@ -237,7 +232,7 @@ def slide_regions(slides: Iterable[Slide]) -> list[Region]:
                 None,
                 0.0,
                 True,
-                zoom=viewer_zoom(magnification=slide.magnification, mpp=mpp),
+                zoom=viewer_zoom(magnification=slide.magnification, mpp=slide.mpp),
             )
         )
     return regions
