@@ -37,6 +37,26 @@ def browser_marks(bundle: str) -> list:
     ]
 
 
+def log_in(page, live_server, user) -> None:
+    """Log `user` in through the log-in page (the tests' common password), landing on the case
+    list."""
+    from tests.factories import PASSWORD
+
+    page.goto(f"{live_server.url}/login/")
+    page.fill("input[name=username]", user.username)
+    page.fill("input[name=password]", PASSWORD)
+    page.locator("form[action$='/login/'] button[type=submit]").click()
+    page.wait_for_url(f"{live_server.url}/")
+
+
+def shot(page, name: str) -> None:
+    """A full-page screenshot under $NODESCOPE_SCREENSHOTS when it is set (for looking at pages)."""
+    folder = os.environ.get("NODESCOPE_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / name), full_page=True)
+
+
 @pytest.fixture
 def browser():
     """A headless Debian Chromium for one test."""

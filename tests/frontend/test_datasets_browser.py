@@ -2,34 +2,13 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from annotations.models import Dataset
 from tests.annotations.test_datasets import files, tissue_cache, world  # noqa: F401
-from tests.browser import browser_marks
+from tests.browser import browser_marks, log_in, shot
 
 pytestmark = browser_marks("main.js")
-
-
-def log_in(page, live_server, user):
-    from tests.factories import PASSWORD
-
-    page.goto(f"{live_server.url}/login/")
-    page.fill("input[name=username]", user.username)
-    page.fill("input[name=password]", PASSWORD)
-    page.locator("form[action$='/login/'] button[type=submit]").click()
-    page.wait_for_url(f"{live_server.url}/")
-
-
-def shot(page, name: str) -> None:
-    """A screenshot under $NODESCOPE_SCREENSHOTS when set (for looking at the page)."""
-    folder = os.environ.get("NODESCOPE_SCREENSHOTS")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / name), full_page=True)
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ folder to keep a picture of each step.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -28,19 +27,12 @@ from pathlib import Path
 import pytest
 from shapely.geometry import shape
 
-from tests.browser import browser_marks
+from tests.browser import browser_marks, log_in, shot
 
 pytestmark = [*browser_marks("viewer.js"), pytest.mark.worker]
 
 PAGE_TIMEOUT_MS = 60_000
 JOB_TIMEOUT_MS = 240_000  # the worker's first task imports torch; training and scoring follow
-
-
-def shot(page, name: str) -> None:
-    folder = os.environ.get("NODESCOPE_SCREENSHOTS")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / f"journey-{name}.png"), full_page=True)
 
 
 @pytest.fixture
@@ -102,19 +94,14 @@ def celery_worker(world, settings, tmp_path):
     print_log(log, 4000)
 
 
-def log_in(browser, live_server, user):
-    from tests.factories import PASSWORD
-
+def logged_in_page(browser, live_server, user):
+    """A page of its own browser context (its own session), logged in as `user`."""
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     page = context.new_page()
     page.set_default_timeout(PAGE_TIMEOUT_MS)
     page.js_errors = []
     page.on("pageerror", lambda exc: page.js_errors.append(str(exc)))
-    page.goto(f"{live_server.url}/login/")
-    page.fill("input[name=username]", user.username)
-    page.fill("input[name=password]", PASSWORD)
-    page.locator("form[action$='/login/'] button[type=submit]").click()
-    page.wait_for_url(f"{live_server.url}/")
+    log_in(page, live_server, user)
     return page
 
 
@@ -160,17 +147,17 @@ def test_the_whole_loop_in_the_browser(live_server, browser, people, world, cele
     from slides.models import Case
 
     # 1. the pathologist draws the tumour of each positive node
-    pathologist = log_in(browser, live_server, people.pathologist)
+    pathologist = logged_in_page(browser, live_server, people.pathologist)
     for accession in ("J-A", "J-B"):
         slide, made = world[(accession, True)]
         draw_tumour(pathologist, live_server, slide, made)
-    shot(pathologist, "1-outline")
+    shot(pathologist, "journey-1-outline.png")
     assert (
         Annotation.objects.filter(label_class__key="tumour", deleted_at__isnull=True).count() == 2
     )
 
     # 2a. the admin makes a dataset snapshot and watches it being extracted
-    admin = log_in(browser, live_server, people.admin)
+    admin = logged_in_page(browser, live_server, people.admin)
     admin.goto(f"{live_server.url}/datasets/")
     admin.fill("input[name=name]", "journey")
     admin.fill("input[name=val_fraction]", "0.5")
@@ -178,7 +165,7 @@ def test_the_whole_loop_in_the_browser(live_server, browser, people, world, cele
     admin.check("input[name=balanced]")  # as many non-tumour as tumour patches
     admin.click("#dataset-preview")
     admin.locator("#preview-sides tr").nth(1).wait_for()
-    shot(admin, "2-dataset-preview")
+    shot(admin, "journey-2-dataset-preview.png")
     admin.click("#dataset-create")
     admin.wait_for_function(
         "() => document.querySelector('#dataset-list tr[data-dataset]')?.dataset.status === 'ready'",
@@ -196,7 +183,7 @@ def test_the_whole_loop_in_the_browser(live_server, browser, people, world, cele
     admin.fill("#launch-form input[name=hue]", "0")
     admin.click("#launch-form button[type=submit]")
     admin.locator("tr[data-run]").first.wait_for()
-    shot(admin, "3-training")
+    shot(admin, "journey-3-training.png")
     admin.wait_for_function(
         "() => document.querySelector('tr[data-run]')?.dataset.status === 'succeeded'",
         timeout=JOB_TIMEOUT_MS,
@@ -219,7 +206,7 @@ def test_the_whole_loop_in_the_browser(live_server, browser, people, world, cele
     admin.locator("#threshold-score").wait_for(state="visible")
     admin.click("#threshold-score")
     admin.locator("#threshold-preview").wait_for(state="visible", timeout=JOB_TIMEOUT_MS)
-    shot(admin, "4-threshold-preview")
+    shot(admin, "journey-4-threshold-preview.png")
     admin.click("#threshold-lock")
     admin.locator("#threshold-value").wait_for()
     version.refresh_from_db()
@@ -237,13 +224,13 @@ def test_the_whole_loop_in_the_browser(live_server, browser, people, world, cele
     )
     assert admin.evaluate("() => window.__notReloaded === true")
     assert row.locator(".progress-cell .muted").inner_text() == "4/4"
-    shot(admin, "5-promoted")
+    shot(admin, "journey-5-promoted.png")
 
     # 3. the pathologist reviews case J-A: views the top region, marks "not tumour", decides
     case = Case.objects.get(accession_number="J-A")
     pathologist.goto(f"{live_server.url}/review/cases/{case.pk}/")
     pathologist.wait_for_selector('body[data-review-ready="1"]', state="attached")
-    shot(pathologist, "6-queue")
+    shot(pathologist, "journey-6-queue.png")
     with pathologist.context.expect_page() as opened:
         pathologist.keyboard.press("Enter")
     viewer = opened.value
@@ -256,7 +243,7 @@ def test_the_whole_loop_in_the_browser(live_server, browser, people, world, cele
     viewer.locator("#viewer .openseadragon-canvas").first.focus()
     viewer.keyboard.press("n")
     viewer.wait_for_selector("body[data-last-correction]", state="attached")
-    shot(viewer, "7-not-tumour")
+    shot(viewer, "journey-7-not-tumour.png")
     viewer.close()
     assert ReviewerCorrection.objects.count() == 1
     pathologist.bring_to_front()
@@ -275,7 +262,7 @@ def test_the_whole_loop_in_the_browser(live_server, browser, people, world, cele
     assert ReviewDecision.objects.filter(node__case=case).count() == 2
 
     # 4. the lab lead: triage, sign-off, metrics
-    lead = log_in(browser, live_server, people.lab_lead)
+    lead = logged_in_page(browser, live_server, people.lab_lead)
     lead.goto(f"{live_server.url}/review/triage/")
     rows = lead.locator("#review-list tr.review-row")
     if rows.count():
@@ -288,7 +275,7 @@ def test_the_whole_loop_in_the_browser(live_server, browser, people, world, cele
         )
     else:
         assert "Nothing to triage" in lead.locator("main").inner_text()
-    shot(lead, "8-triage")
+    shot(lead, "journey-8-triage.png")
     lead.goto(f"{live_server.url}/review/cases/{case.pk}/")
     lead.once("dialog", lambda dialog: dialog.accept())
     with lead.expect_navigation():
@@ -299,6 +286,6 @@ def test_the_whole_loop_in_the_browser(live_server, browser, people, world, cele
     text = lead.locator("main").inner_text()
     assert version.name in text and "Nodes evaluated" in text
     assert "0 (0 positive, 0 negative)" not in text
-    shot(lead, "9-metrics")
+    shot(lead, "journey-9-metrics.png")
     for page in (pathologist, admin, lead):
         assert page.js_errors == []

@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from inference.records import ModelVersion
 from slides.access import grant_role
 from slides.models import Role
-from tests.browser import browser_marks
+from tests.browser import browser_marks, log_in, shot
 from tests.factories import make_case
 from tests.review.factories import make_model_version, make_slide, score_node
 
 pytestmark = browser_marks("main.js")
-
-
-def log_in(page, live_server, user):
-    from tests.factories import PASSWORD
-
-    page.goto(f"{live_server.url}/login/")
-    page.fill("input[name=username]", user.username)
-    page.fill("input[name=password]", PASSWORD)
-    page.locator("form[action$='/login/'] button[type=submit]").click()
-    page.wait_for_url(f"{live_server.url}/")
-
-
-def shot(page, name: str) -> None:
-    folder = os.environ.get("NODESCOPE_SCREENSHOTS")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / name), full_page=True)
 
 
 @pytest.fixture

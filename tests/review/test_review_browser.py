@@ -18,7 +18,7 @@ import os
 
 import pytest
 
-from tests.browser import browser_marks
+from tests.browser import browser_marks, log_in
 
 SCREENSHOT = os.environ.get("NODESCOPE_REVIEW_SCREENSHOT", "")
 
@@ -89,16 +89,6 @@ def write_overlay(heatmap, path, *, width: int, height: int) -> None:
     counts[7, 10] = 13
     write_raster(path, counts=counts, denominator=16, stride_px=40.0, window_px=160.0)
     HeatMap.objects.filter(pk=heatmap.pk).update(raster_path=str(path), rows=rows, cols=cols)
-
-
-def log_in(page, live_server, user):
-    from tests.factories import PASSWORD
-
-    page.goto(f"{live_server.url}/login/")
-    page.fill("input[name=username]", user.username)
-    page.fill("input[name=password]", PASSWORD)
-    page.locator("form[action$='/login/'] button[type=submit]").click()
-    page.wait_for_url(f"{live_server.url}/")
 
 
 def status_of(page, node) -> str:

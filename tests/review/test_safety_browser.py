@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser import browser_marks
+from tests.browser import browser_marks, log_in
 
-from .test_review_browser import log_in, status_of
+from .test_review_browser import status_of
 
 pytestmark = browser_marks("review.js")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import browser_marks
+from tests.browser import browser_marks, log_in
 
 pytestmark = browser_marks("viewer.js")
 SCREENSHOT = Path(os.environ.get("NODESCOPE_READING_SCREENSHOT", "/tmp/reading.png"))
@@ -86,13 +86,8 @@ def test_reader_answers_every_image_in_the_viewer(page, live_server, people, cas
 
 def test_closing_a_study_asks_first(page, live_server, people, study):
     from studies.models import ReaderStudy
-    from tests.factories import PASSWORD
 
-    page.goto(f"{live_server.url}/login/")
-    page.fill("input[name=username]", people.lab_lead.username)
-    page.fill("input[name=password]", PASSWORD)
-    page.locator("form[action$='/login/'] button[type=submit]").click()
-    page.wait_for_url(f"{live_server.url}/")
+    log_in(page, live_server, people.lab_lead)
     page.goto(f"{live_server.url}/studies/{study.pk}/")
     asked: list[str] = []
     page.once("dialog", lambda d: (asked.append(d.message), d.dismiss()))
@@ -108,18 +103,13 @@ def test_closing_a_study_asks_first(page, live_server, people, study):
 
 def test_the_model_answers_are_followed_in_place(page, live_server, people, study):
     from studies.models import ReaderStudy
-    from tests.factories import PASSWORD
     from tests.review.factories import make_model_version
 
     version = make_model_version("study-model", threshold=0.5)
     ReaderStudy.objects.filter(pk=study.pk).update(
         model_version=version, model_status=ReaderStudy.ModelStatus.QUEUED
     )
-    page.goto(f"{live_server.url}/login/")
-    page.fill("input[name=username]", people.lab_lead.username)
-    page.fill("input[name=password]", PASSWORD)
-    page.locator("form[action$='/login/'] button[type=submit]").click()
-    page.wait_for_url(f"{live_server.url}/")
+    log_in(page, live_server, people.lab_lead)
     page.goto(f"{live_server.url}/studies/{study.pk}/")
     assert page.locator("#study-model-status").inner_text() == "Queued"
     # the worker moves the job on (as the model-answers task does); the page follows
